@@ -1,0 +1,144 @@
+"""Database plumbing: the declarative base, engines and session factories.
+
+The API uses an `AsyncEngine` (psycopg 3 async, or aiosqlite on the embedded default); the worker, the
+CLI and the migrations use a synchronous `Engine` on the same database. Domain services are written once,
+against a synchronous `Session`; the API runs them with `AsyncSession.run_sync`, so the worker and the
+API share one code path (docs/architecture.md).
+
+Sessions commit at the edge only (STYLE.md rule 1): `session_scope()` here for tasks and the CLI,
+`api.deps.get_session` for requests.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+from core.config import Settings, settings
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware timestamp that always comes back in UTC, on PostgreSQL and SQLite alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None:
+            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _engine_kwargs(cfg: Settings, url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        cfg.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        return {"connect_args": {"timeout": 30}}
+    kwargs: dict[str, Any] = {
+        "pool_size": cfg.db_pool_size,
+        "max_overflow": cfg.db_max_overflow,
+        "pool_pre_ping": True,
+        "pool_recycle": 1800,
+    }
+    if cfg.db_statement_timeout_ms:
+        kwargs["connect_args"] = {"options": f"-c statement_timeout={cfg.db_statement_timeout_ms}"}
+    return kwargs
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+
+def make_sync_engine(cfg: Settings = settings) -> Engine:
+    engine = create_engine(cfg.sync_database_url, **_engine_kwargs(cfg, cfg.sync_database_url))
+    _tune_sqlite(engine)
+    return engine
+
+
+def make_async_engine(cfg: Settings = settings) -> AsyncEngine:
+    engine = create_async_engine(cfg.async_database_url, **_engine_kwargs(cfg, cfg.async_database_url))
+    _tune_sqlite(engine.sync_engine)
+    return engine
+
+
+def make_async_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+_lock = threading.Lock()
+_sync_engine: Engine | None = None
+_sync_sessionmaker: sessionmaker[Session] | None = None
+
+
+def get_sync_engine() -> Engine:
+    """The process-wide synchronous engine (created on first use, after a fork too)."""
+    global _sync_engine, _sync_sessionmaker
+    with _lock:
+        if _sync_engine is None:
+            _sync_engine = make_sync_engine(settings)
+            _sync_sessionmaker = sessionmaker(_sync_engine, expire_on_commit=False, autoflush=False)
+        return _sync_engine
+
+
+def dispose_sync_engine() -> None:
+    """Drop the pooled connections (used after a fork: a child must not share its parent's sockets)."""
+    global _sync_engine, _sync_sessionmaker
+    with _lock:
+        if _sync_engine is not None:
+            _sync_engine.dispose(close=False)
+        _sync_engine = None
+        _sync_sessionmaker = None
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A synchronous session that commits when the block ends and rolls back on any exception."""
+    get_sync_engine()
+    assert _sync_sessionmaker is not None
+    session = _sync_sessionmaker()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

@@ -1,0 +1,98 @@
+"""Orders, their lines and idempotency keys (CONTRACT.md, "Orders")."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, Integer, Numeric, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from core.db import Base, UTCDateTime, utcnow
+
+
+class OrderStatus(StrEnum):
+    """Order states. pending -> confirmed -> completed; pending -> rejected; pending/confirmed ->
+    cancelled; failed when a technical fault outlived the retries."""
+
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    COMPLETED = "completed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+_STATUS_CHECK = "status IN (" + ", ".join(f"'{s.value}'" for s in OrderStatus) + ")"
+
+
+class Order(Base):
+    """An order. Its row is also the outbox: a `pending` order not yet processed is re-sent by the
+    beat sweep once `enqueued_at` is older than `ORDER_SWEEP_AFTER_SECONDS`."""
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        CheckConstraint(_STATUS_CHECK, name="status_valid"),
+        CheckConstraint("total_price >= 0", name="total_price_non_negative"),
+        Index("ix_orders_status_enqueued_at", "status", "enqueued_at"),
+        Index("ix_orders_user_id_id", "user_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default=OrderStatus.PENDING.value)
+    # Filled by the users issue; nullable now, the foreign key comes with the users table.
+    user_id: Mapped[int | None] = mapped_column(Integer)
+    manager_id: Mapped[str | None] = mapped_column(String(64))
+    customer: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    total_price: Mapped[Decimal] = mapped_column(Numeric(14, 2))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    single_line: Mapped[bool] = mapped_column(default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    lines: Mapped[list[OrderLine]] = relationship(
+        back_populates="order", order_by="OrderLine.position", lazy="raise"
+    )
+
+
+class OrderLine(Base):
+    """One product of an order, with the name and unit price snapshotted when it was placed."""
+
+    __tablename__ = "order_lines"
+    __table_args__ = (
+        UniqueConstraint("order_id", "product_id", name="uq_order_lines_order_id_product_id"),
+        CheckConstraint("quantity > 0", name="quantity_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    quantity: Mapped[int] = mapped_column(Integer)
+    unit_price: Mapped[Decimal] = mapped_column(Numeric(12, 2))
+
+    order: Mapped[Order] = relationship(back_populates="lines", lazy="raise")
+
+
+class IdempotencyKey(Base):
+    """An `Idempotency-Key` seen from one client scope, bound to the order it created.
+
+    `scope` is `user:<id>` for an authenticated user and `anonymous` otherwise; `request_hash` is the
+    SHA-256 of the canonical request body, so a reuse with another body is told apart (409).
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("scope", "key", name="uq_idempotency_keys_scope_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
