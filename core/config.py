@@ -24,7 +24,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=False)
 
     database_url: str | None = Field(
-        default=None, description="postgresql+psycopg://user:pass@host:5432/db; unset = embedded SQLite"
+        default=None,
+        description="postgresql+psycopg://user:pass@host:5432/db; unset = embedded SQLite",
     )
     redis_url: str | None = Field(
         default=None, description="redis://host:6379/0 (broker, locks, pub/sub); unset = in-memory"

@@ -25,7 +25,12 @@ class DomainError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """The error as stored on a rejected order: `{code, error, message, details}`."""
-        return {"code": self.code, "error": self.title, "message": self.message, "details": self.details}
+        return {
+            "code": self.code,
+            "error": self.title,
+            "message": self.message,
+            "details": self.details,
+        }
 
 
 class InvalidInput(DomainError):
@@ -45,9 +50,7 @@ class ProductNotFound(NotFound):
     title = "Product not found"
 
     def __init__(self, product_id: int | str) -> None:
-        super().__init__(
-            f"The product with ID {product_id} does not exist.", {"product_id": product_id}
-        )
+        super().__init__(f"The product with ID {product_id} does not exist.", {"product_id": product_id})
         self.product_id = product_id
 
 
@@ -97,9 +100,7 @@ class InvalidStatus(DomainError):
     title = "Invalid status"
 
     def __init__(self, value: object) -> None:
-        super().__init__(
-            "Order status must be either 'Pending' or 'Completed'.", {"status": value}
-        )
+        super().__init__("Order status must be either 'Pending' or 'Completed'.", {"status": value})
 
 
 class InvalidStatusTransition(DomainError):

@@ -27,7 +27,6 @@ def upgrade() -> None:
     sa.Column('customer', sa.JSON(), nullable=True),
     sa.Column('total_price', sa.Numeric(precision=14, scale=2), nullable=False),
     sa.Column('error', sa.JSON(), nullable=True),
-    sa.Column('single_line', sa.Boolean(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),

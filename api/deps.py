@@ -1,0 +1,44 @@
+"""Request dependencies: the database session (committed at the edge), pagination."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """An `AsyncSession` committed when the route returns, rolled back if it raises
+    (STYLE.md rule 1). Routes that must act after the commit (enqueue) commit themselves first."""
+    async with request.app.state.sessionmaker() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+class Page:
+    """`limit` (1-500, default 50) and `offset` (>= 0) query parameters."""
+
+    def __init__(
+        self,
+        limit: Annotated[int, Query(ge=1, le=500, description="Page size, at most 500")] = 50,
+        offset: Annotated[int, Query(ge=0, le=2_147_483_647, description="Rows to skip")] = 0,
+    ) -> None:
+        self.limit = limit
+        self.offset = offset
+
+
+PageDep = Annotated[Page, Depends()]
+
+
+def actor_of(request: Request) -> str | None:
+    """Who is making the change, for the stock movement ledger (the user, once auth exists)."""
+    return getattr(request.state, "actor", None)

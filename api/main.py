@@ -1,0 +1,79 @@
+"""The ASGI application: `uvicorn api.main:app` (CONTRACT.md, "Runtime").
+
+`create_app()` wires the routes, the error envelope, the request context middleware and a lifespan
+that opens the async engine, the Redis client and the order event relay; on the embedded default
+(no `REDIS_URL`) it also starts the in-process worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.middleware import RequestContextMiddleware
+from api.routes import health, orders, products
+from api.waiters import OrderEventRelay
+from core.config import Settings, settings
+from core.db import make_async_engine, make_async_sessionmaker
+from core.logging import configure_logging
+
+log = logging.getLogger("orderflow.api")
+
+DESCRIPTION = """
+Queue-backed order processing. Orders are stored and answered **202**; a Celery worker reserves the
+stock and moves the order to `confirmed` or `rejected`; poll `GET /orders/{id}?wait=N`.
+
+Every error uses one envelope: `{"error", "message", "code", "details", "request_id"}`.
+"""
+
+
+def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None = None) -> FastAPI:
+    """Build the app. `start_embedded_worker` defaults to "no REDIS_URL" (the embedded default)."""
+    configure_logging(cfg.log_level)
+    run_worker = cfg.redis_url is None if start_embedded_worker is None else start_embedded_worker
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_async_engine(cfg)
+        app.state.sessionmaker = make_async_sessionmaker(engine)
+        app.state.redis = aioredis.Redis.from_url(cfg.redis_url) if cfg.redis_url else None
+        relay = OrderEventRelay(cfg.redis_url) if cfg.redis_url else None
+        if relay is not None:
+            relay.start()
+        worker = None
+        if run_worker:
+            from workers.embedded import EmbeddedWorker
+
+            worker = EmbeddedWorker()
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.stop()
+            if relay is not None:
+                await relay.stop()
+            if app.state.redis is not None:
+                await app.state.redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="orderflow",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(products.router)
+    app.include_router(orders.router)
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,123 @@
+"""Error response declarations for the OpenAPI document: every route lists its error statuses with
+an example of the core envelope (CONTRACT.md, "Core API")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    """The core error envelope."""
+
+    error: str = Field(examples=["Product not found"])
+    message: str = Field(examples=["The product with ID 42 does not exist."])
+    code: str = Field(examples=["PRODUCT_NOT_FOUND"])
+    details: dict[str, Any] = Field(default_factory=dict)
+    request_id: str = Field(examples=["8f2c1d0e6b7a4c3e9f1a2b3c4d5e6f70"])
+
+
+def _ex(error: str, message: str, code: str, details: dict[str, Any] | None = None) -> dict:
+    return {
+        "error": error,
+        "message": message,
+        "code": code,
+        "details": details or {},
+        "request_id": "8f2c1d0e6b7a4c3e9f1a2b3c4d5e6f70",
+    }
+
+
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "invalid_input": _ex(
+        "Invalid input",
+        "Product price is required.",
+        "INVALID_REQUEST",
+        {
+            "fields": [
+                {
+                    "field": "price",
+                    "in": "body",
+                    "type": "missing",
+                    "message": "Product price is required.",
+                }
+            ]
+        },
+    ),
+    "negative_stock": _ex(
+        "Invalid input",
+        "Cannot set stock to a negative value.",
+        "INVALID_REQUEST",
+        {
+            "fields": [
+                {
+                    "field": "stock",
+                    "in": "body",
+                    "type": "greater_than_equal",
+                    "message": "Cannot set stock to a negative value.",
+                }
+            ]
+        },
+    ),
+    "product_not_found": _ex(
+        "Product not found",
+        "The product with ID 42 does not exist.",
+        "PRODUCT_NOT_FOUND",
+        {"product_id": 42},
+    ),
+    "order_not_found": _ex(
+        "Order not found", "The order with ID 7 does not exist.", "ORDER_NOT_FOUND", {"order_id": 7}
+    ),
+    "insufficient_stock": _ex(
+        "Insufficient stock",
+        "There are only 5 units of Product A in stock, but you requested 10.",
+        "INSUFFICIENT_STOCK",
+        {"product_id": 1, "available": 5, "requested": 10},
+    ),
+    "discontinued": _ex(
+        "Product discontinued",
+        "The product Product A (ID 1) is discontinued and cannot be ordered.",
+        "PRODUCT_DISCONTINUED",
+        {"product_id": 1},
+    ),
+    "invalid_status": _ex(
+        "Invalid status",
+        "Order status must be either 'Pending' or 'Completed'.",
+        "INVALID_STATUS",
+        {"status": "Shipped"},
+    ),
+    "invalid_transition": _ex(
+        "Invalid status transition",
+        "Order 7 is rejected and cannot become completed.",
+        "INVALID_STATUS_TRANSITION",
+        {"order_id": 7, "current": "rejected", "requested": "completed"},
+    ),
+    "conflict": _ex(
+        "Conflict",
+        "The idempotency key 'abc' was already used with a different request.",
+        "CONFLICT",
+        {"idempotency_key": "abc"},
+    ),
+    "internal": _ex(
+        "Internal Server Error",
+        "An unexpected error occurred, please try again later.",
+        "INTERNAL_ERROR",
+    ),
+}
+
+
+def responses(**statuses: list[str]) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: `responses(_400=["invalid_input"], _404=[...])`. A 500 is always
+    added."""
+    out: dict[int | str, dict[str, Any]] = {}
+    statuses.setdefault("_500", ["internal"])
+    for key, names in statuses.items():
+        code = int(key.lstrip("_"))
+        out[code] = {
+            "model": ErrorBody,
+            "description": EXAMPLES[names[0]]["error"],
+            "content": {
+                "application/json": {"examples": {name: {"value": EXAMPLES[name]} for name in names}}
+            },
+        }
+    return out

@@ -1,0 +1,169 @@
+"""`/orders`: the queue-backed order pipeline (CONTRACT.md, "Orders").
+
+`POST /orders` stores a `pending` order, commits, and only then sends it to the broker (STYLE.md
+rule 2); the worker reserves the stock. Clients poll `GET /orders/{id}`, optionally long-polling
+with `?wait=N`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from api import metrics
+from api.deps import PageDep, SessionDep, actor_of
+from api.openapi import responses
+from api.pagination import set_page_headers
+from api.waiters import RECHECK_SECONDS
+from core.config import settings
+from core.events import hub, publish_order_changed
+from core.orders import service
+from core.orders.models import OrderStatus
+from core.orders.schemas import OrderCreate, OrderRead, OrderStatusUpdate
+from workers.celery_app import enqueue_process_order
+
+router = APIRouter(prefix="/orders", tags=["orders"])
+
+OrderId = Annotated[int, Path(ge=1, le=2_147_483_647, description="Order id")]
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Replays of the same key and body return the first order (no second order).",
+    ),
+]
+_404 = ["order_not_found"]
+#: Seconds a client should wait before polling a pending order again.
+RETRY_AFTER_SECONDS = "1"
+
+
+def _order_response(order: OrderRead, status_code: int = 200, **headers: str) -> JSONResponse:
+    if order.status == OrderStatus.PENDING:
+        headers.setdefault("Retry-After", RETRY_AFTER_SECONDS)
+    return JSONResponse(order.model_dump(mode="json"), status_code, headers=headers)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=OrderRead,
+    responses=responses(
+        _400=["invalid_input", "insufficient_stock", "discontinued"],
+        _404=["product_not_found"],
+        _409=["conflict"],
+    ),
+    summary="Submit an order (processed asynchronously)",
+)
+async def create_order(
+    body: OrderCreate,
+    request: Request,
+    session: SessionDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JSONResponse:
+    """Check the order against current stock, store it `pending`, enqueue it, answer 202 with
+    `Location: /orders/{id}`. The worker's reservation decides; poll the order for the outcome."""
+    idem = service.IdempotencyRequest("anonymous", idempotency_key) if idempotency_key else None
+    placed = await session.run_sync(lambda s: service.place_order(s, body.merged_lines(), idempotency=idem))
+    order = OrderRead.of(placed.order)
+    await session.commit()
+    headers = {"Location": f"/orders/{order.id}"}
+    if placed.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    else:
+        enqueued = await run_in_threadpool(enqueue_process_order, order.id)
+        metrics.orders_submitted.labels("yes" if enqueued else "deferred").inc()
+    return _order_response(order, status.HTTP_202_ACCEPTED, **headers)
+
+
+@router.get("", response_model=list[OrderRead], responses=responses(_400=["invalid_input"]))
+async def list_orders(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    page: PageDep,
+    status_filter: Annotated[
+        str | None, Query(alias="status", max_length=32, description="Any case, e.g. confirmed")
+    ] = None,
+) -> list[OrderRead]:
+    """Orders, newest first; `X-Total-Count` and `Link` paginate."""
+    wanted = service.parse_status(status_filter).value if status_filter else None
+    items, total = await session.run_sync(
+        lambda s: service.list_orders(s, status=wanted, limit=page.limit, offset=page.offset)
+    )
+    set_page_headers(request, response, total, page.limit, page.offset)
+    return [OrderRead.of(o) for o in items]
+
+
+@router.get("/{order_id}", response_model=OrderRead, responses=responses(_404=_404))
+async def get_order(
+    order_id: OrderId,
+    session: SessionDep,
+    wait: Annotated[
+        float,
+        Query(ge=0, le=30, description="Seconds (max 30) to hold the request while it is pending"),
+    ] = 0,
+) -> JSONResponse:
+    """The order. With `wait=N`, the answer comes as soon as the order leaves `pending`, or after N
+    seconds. A pending order's response carries `Retry-After`."""
+    order = await session.run_sync(service.get_order, order_id)
+    if wait > 0 and order.status == OrderStatus.PENDING:
+        order = await _wait_for_outcome(session, order_id, min(wait, settings.order_max_wait_seconds))
+    return _order_response(OrderRead.of(order))
+
+
+async def _wait_for_outcome(session: SessionDep, order_id: int, wait: float):
+    started = time.monotonic()
+    deadline = started + wait
+    with hub.watch(order_id) as changed:
+        while True:
+            await session.rollback()  # hand the connection back to the pool while waiting
+            order = await session.run_sync(service.get_order, order_id)
+            remaining = deadline - time.monotonic()
+            if order.status != OrderStatus.PENDING or remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(remaining, RECHECK_SECONDS))
+            changed.clear()
+    metrics.order_time_to_outcome.observe(time.monotonic() - started)
+    return order
+
+
+@router.put(
+    "/{order_id}/status",
+    response_model=OrderRead,
+    responses=responses(_400=["invalid_status"], _404=_404, _409=["invalid_transition"]),
+)
+async def set_order_status(
+    order_id: OrderId, body: OrderStatusUpdate, request: Request, session: SessionDep
+) -> JSONResponse:
+    """`{"status": "Completed"}` completes a confirmed order; `Pending` on a pending order changes
+    nothing; other values -> 400 `Invalid status`; other moves -> 409."""
+    order = await session.run_sync(
+        lambda s: service.set_status(s, order_id, body.status, actor=actor_of(request))
+    )
+    result = OrderRead.of(order)
+    await session.commit()
+    await run_in_threadpool(publish_order_changed, order_id)
+    return _order_response(result)
+
+
+@router.post(
+    "/{order_id}/cancel",
+    response_model=OrderRead,
+    responses=responses(_404=_404, _409=["invalid_transition"]),
+)
+async def cancel_order(order_id: OrderId, request: Request, session: SessionDep) -> JSONResponse:
+    """Cancel a pending or confirmed order; a confirmed order's stock goes back to the shelf."""
+    order = await session.run_sync(lambda s: service.cancel_order(s, order_id, actor=actor_of(request)))
+    result = OrderRead.of(order)
+    await session.commit()
+    await run_in_threadpool(publish_order_changed, order_id)
+    return _order_response(result)

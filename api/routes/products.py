@@ -1,0 +1,148 @@
+"""`/products`: synchronous product CRUD and stock changes (CONTRACT.md, "Products")."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response, status
+
+from api.deps import PageDep, SessionDep, actor_of
+from api.openapi import responses
+from api.pagination import set_page_headers
+from core.products import service
+from core.products.schemas import (
+    ProductCreate,
+    ProductFilter,
+    ProductRead,
+    ProductUpdate,
+    StockChange,
+    StockMovementRead,
+)
+
+router = APIRouter(prefix="/products", tags=["products"])
+
+ProductId = Annotated[int, Path(ge=1, le=2_147_483_647, description="Product id")]
+_404 = ["product_not_found"]
+_400 = ["invalid_input", "negative_stock"]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ProductRead,
+    responses=responses(_400=_400),
+    summary="Create a product",
+)
+async def create_product(
+    body: ProductCreate, request: Request, response: Response, session: SessionDep
+) -> ProductRead:
+    """Create a product. Its opening stock is written to the ledger. 201 with `Location`."""
+    product = await session.run_sync(service.create_product, body, actor_of(request))
+    response.headers["Location"] = f"/products/{product.id}"
+    return ProductRead.model_validate(product)
+
+
+@router.get("", response_model=list[ProductRead], responses=responses(_400=["invalid_input"]))
+async def list_products(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    page: PageDep,
+    q: Annotated[str | None, Query(max_length=200, description="Name contains (any case)")] = None,
+    manager_id: Annotated[str | None, Query(max_length=64)] = None,
+    discontinued: bool | None = None,
+    in_stock: bool | None = None,
+) -> list[ProductRead]:
+    """Products ordered by id; `X-Total-Count` and `Link` headers paginate."""
+    flt = ProductFilter(q=q, manager_id=manager_id, discontinued=discontinued, in_stock=in_stock)
+    items, total = await session.run_sync(service.list_products, flt, page.limit, page.offset)
+    set_page_headers(request, response, total, page.limit, page.offset)
+    return [ProductRead.model_validate(p) for p in items]
+
+
+@router.get(
+    "/below_requirement",
+    response_model=list[ProductRead],
+    responses=responses(_400=["invalid_input"]),
+)
+async def below_requirement(
+    request: Request, response: Response, session: SessionDep, page: PageDep
+) -> list[ProductRead]:
+    """Products whose stock is at or below their `low_stock_threshold`."""
+    items, total = await session.run_sync(service.list_below_requirement, page.limit, page.offset)
+    set_page_headers(request, response, total, page.limit, page.offset)
+    return [ProductRead.model_validate(p) for p in items]
+
+
+@router.get("/{product_id}", response_model=ProductRead, responses=responses(_404=_404))
+async def get_product(product_id: ProductId, session: SessionDep) -> ProductRead:
+    product = await session.run_sync(service.get_product, product_id)
+    return ProductRead.model_validate(product)
+
+
+async def _update(product_id: int, body: ProductUpdate, request: Request, session: SessionDep) -> ProductRead:
+    product = await session.run_sync(service.update_product, product_id, body, actor_of(request))
+    return ProductRead.model_validate(product)
+
+
+@router.put("/{product_id}", response_model=ProductRead, responses=responses(_400=_400, _404=_404))
+async def put_product(
+    product_id: ProductId, body: ProductUpdate, request: Request, session: SessionDep
+) -> ProductRead:
+    """Update the given fields; a field not given keeps its value. A new `stock` is ledgered."""
+    return await _update(product_id, body, request, session)
+
+
+@router.patch("/{product_id}", response_model=ProductRead, responses=responses(_400=_400, _404=_404))
+async def patch_product(
+    product_id: ProductId, body: ProductUpdate, request: Request, session: SessionDep
+) -> ProductRead:
+    """Same as PUT: update the given fields only."""
+    return await _update(product_id, body, request, session)
+
+
+@router.delete("/{product_id}", status_code=status.HTTP_204_NO_CONTENT, responses=responses(_404=_404))
+async def delete_product(product_id: ProductId, session: SessionDep) -> Response:
+    """Delete the product: 404 from then on; orders that referenced it keep their lines."""
+    await session.run_sync(service.delete_product, product_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.patch(
+    "/increment/{product_id}",
+    response_model=ProductRead,
+    responses=responses(_400=["invalid_input"], _404=_404),
+)
+async def increment_stock(
+    product_id: ProductId, body: StockChange, request: Request, session: SessionDep
+) -> ProductRead:
+    """Add `quantity` units (aliases `amount`, `change`)."""
+    product = await session.run_sync(service.increment_stock, product_id, body.quantity, actor_of(request))
+    return ProductRead.model_validate(product)
+
+
+@router.patch(
+    "/decrement/{product_id}",
+    response_model=ProductRead,
+    responses=responses(_400=["insufficient_stock", "invalid_input"], _404=_404),
+)
+async def decrement_stock(
+    product_id: ProductId, body: StockChange, request: Request, session: SessionDep
+) -> ProductRead:
+    """Remove `quantity` units; past zero -> 400 `Insufficient stock`, stock unchanged."""
+    product = await session.run_sync(service.decrement_stock, product_id, body.quantity, actor_of(request))
+    return ProductRead.model_validate(product)
+
+
+@router.get(
+    "/{product_id}/movements",
+    response_model=list[StockMovementRead],
+    responses=responses(_404=_404),
+)
+async def list_movements(
+    product_id: ProductId, request: Request, response: Response, session: SessionDep, page: PageDep
+) -> list[StockMovementRead]:
+    """The product's stock movement ledger, oldest first."""
+    items, total = await session.run_sync(service.list_movements, product_id, page.limit, page.offset)
+    set_page_headers(request, response, total, page.limit, page.offset)
+    return [StockMovementRead.model_validate(m) for m in items]

@@ -1,0 +1,59 @@
+"""Long-poll support for `GET /orders/{id}?wait=N` (CONTRACT.md, "Orders").
+
+One Redis pub/sub subscription per API process (`core.events.CHANNEL`) relays worker notifications
+to the process-local hub; requests wait on the hub. Waiters also re-read the order every
+`RECHECK_SECONDS`, so a dropped notification or a lost subscription only costs latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import redis.asyncio as aioredis
+
+from core.events import CHANNEL, hub
+
+log = logging.getLogger(__name__)
+
+RECHECK_SECONDS = 2.0
+
+
+class OrderEventRelay:
+    """Background task: Redis channel -> `hub.notify(order_id)`; reconnects with backoff."""
+
+    def __init__(self, redis_url: str) -> None:
+        self._redis_url = redis_url
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="order-event-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        delay = 0.5
+        while True:
+            client = aioredis.Redis.from_url(self._redis_url)
+            try:
+                async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    delay = 0.5
+                    async for message in pubsub.listen():
+                        try:
+                            hub.notify(int(message["data"]))
+                        except (TypeError, ValueError):
+                            continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep relaying whatever the fault
+                log.warning("order event subscription lost, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+            finally:
+                await client.aclose()

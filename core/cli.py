@@ -1,0 +1,107 @@
+"""The `orderflow` command (typer): serve, worker, beat, migrate, demo, bench."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from core.config import settings
+
+app = typer.Typer(help="orderflow: queue-backed order processing.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema to the latest revision (alembic upgrade head)."""
+    from core.migrate import upgrade
+
+    upgrade()
+    console.print("[green]schema is at head[/]")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(help="API processes (needs REDIS_URL when > 1)")] = 1,
+    migrate_first: Annotated[bool, typer.Option("--migrate/--no-migrate")] = True,
+) -> None:
+    """Run the API (and, on the embedded default, an in-process worker). Migrates first."""
+    import uvicorn
+
+    if migrate_first:
+        migrate()
+    if workers > 1 and settings.redis_url is None:
+        console.print("[red]--workers > 1 needs REDIS_URL (the in-memory broker is per process)[/]")
+        raise typer.Exit(2)
+    if settings.embedded:
+        console.print(f"[yellow]embedded default[/]: SQLite at {settings.sqlite_path}, in-process worker")
+    uvicorn.run(
+        "api.main:app",
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        proxy_headers=True,
+    )
+
+
+def _exec_celery(args: list[str]) -> None:
+    argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args]
+    os.execv(sys.executable, argv)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def worker(ctx: typer.Context) -> None:
+    """Run a Celery worker (extra arguments go to `celery worker`, e.g. --concurrency 4)."""
+    if settings.redis_url is None:
+        console.print("[red]a separate worker needs REDIS_URL (and DATABASE_URL)[/]")
+        raise typer.Exit(2)
+    _exec_celery(["worker", "--loglevel", settings.log_level, *ctx.args])
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def beat(ctx: typer.Context) -> None:
+    """Run Celery beat (the periodic outbox sweep)."""
+    if settings.redis_url is None:
+        console.print("[red]beat needs REDIS_URL; the embedded default sweeps in-process[/]")
+        raise typer.Exit(2)
+    _exec_celery(["beat", "--loglevel", settings.log_level, *ctx.args])
+
+
+@app.command()
+def demo(
+    products: Annotated[int, typer.Option(help="How many products to create")] = 300,
+) -> None:
+    """Load a demo catalog and print what to try next."""
+    from core.demo import load_demo_catalog
+
+    migrate()
+    created = load_demo_catalog(products)
+    console.print(f"[green]{created} demo products loaded[/]")
+    console.print(
+        "Next: start the API with `orderflow serve`, then\n"
+        "  curl -s localhost:8000/products?limit=5\n"
+        "  curl -s -X POST localhost:8000/orders -H 'content-type: application/json' "
+        '-d \'{"product_id": 1, "quantity": 2}\'\n'
+        "  curl -s 'localhost:8000/orders/1?wait=5'\n"
+        "  open http://localhost:8000/docs"
+    )
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Run the load benchmark against a running API (see `orderflow bench --help`)."""
+    from bench.cli import main
+
+    raise typer.Exit(main(list(ctx.args)))
+
+
+if __name__ == "__main__":
+    app()

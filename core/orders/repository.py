@@ -1,0 +1,102 @@
+"""SQL for orders, order lines and idempotency keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, selectinload
+
+from core.orders.models import IdempotencyKey, Order, OrderLine, OrderStatus
+
+
+def get(session: Session, order_id: int, *, for_update: bool = False) -> Order | None:
+    """The order with its lines loaded; `for_update` locks the order row (not the lines)."""
+    stmt = select(Order).where(Order.id == order_id).options(selectinload(Order.lines))
+    if for_update:
+        stmt = stmt.with_for_update(of=Order)
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def lock(session: Session, order_id: int) -> Order | None:
+    """Lock the order row (SELECT ... FOR UPDATE) without loading its lines."""
+    stmt = select(Order).where(Order.id == order_id).with_for_update()
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def lines_by_product(session: Session, order_id: int) -> list[OrderLine]:
+    """The order's lines in product-id order: the fixed lock order that rules out deadlocks."""
+    stmt = select(OrderLine).where(OrderLine.order_id == order_id).order_by(OrderLine.product_id)
+    return list(session.execute(stmt).scalars())
+
+
+def list_page(
+    session: Session, *, status: str | None, user_id: int | None, limit: int, offset: int
+) -> tuple[list[Order], int]:
+    """Orders newest first, with their lines, and the total count."""
+    stmt = select(Order)
+    if status is not None:
+        stmt = stmt.where(Order.status == status)
+    if user_id is not None:
+        stmt = stmt.where(Order.user_id == user_id)
+    total = session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+    page = stmt.options(selectinload(Order.lines)).order_by(Order.id.desc()).limit(limit)
+    items = session.execute(page.offset(offset)).scalars().all()
+    return list(items), total
+
+
+def claim_idempotency_key(session: Session, scope: str, key: str, request_hash: str) -> bool:
+    """Insert the key; False when `(scope, key)` is already there.
+
+    `INSERT ... ON CONFLICT DO NOTHING`: on PostgreSQL a second transaction inserting the same key
+    waits for the first to commit or roll back, so a replay never sees a half-made order.
+    """
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (
+        insert(IdempotencyKey)
+        .values(scope=scope, key=key, request_hash=request_hash)
+        .on_conflict_do_nothing(index_elements=["scope", "key"])
+        .returning(IdempotencyKey.id)
+    )
+    return session.execute(stmt).scalar_one_or_none() is not None
+
+
+def get_idempotency_key(session: Session, scope: str, key: str) -> IdempotencyKey | None:
+    stmt = select(IdempotencyKey).where(IdempotencyKey.scope == scope, IdempotencyKey.key == key)
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def bind_idempotency_key(session: Session, scope: str, key: str, order_id: int) -> None:
+    session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.scope == scope, IdempotencyKey.key == key)
+        .values(order_id=order_id)
+    )
+
+
+def stale_pending_ids(session: Session, enqueued_before: datetime, limit: int) -> list[int]:
+    """Ids of pending orders last sent to the broker before `enqueued_before` (or never), oldest
+    first, locked with SKIP LOCKED so that two sweeps never take the same rows."""
+    stmt = (
+        select(Order.id)
+        .where(
+            Order.status == OrderStatus.PENDING.value,
+            (Order.enqueued_at < enqueued_before) | Order.enqueued_at.is_(None),
+        )
+        .order_by(Order.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.execute(stmt).scalars())
+
+
+def mark_enqueued(session: Session, order_ids: list[int], at: datetime) -> None:
+    if order_ids:
+        session.execute(update(Order).where(Order.id.in_(order_ids)).values(enqueued_at=at))
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Order.status, func.count()).group_by(Order.status)).all()
+    return {status: count for status, count in rows}

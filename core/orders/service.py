@@ -1,0 +1,306 @@
+"""Order use cases: intake (API), stock reservation (worker), status moves and cancellation.
+
+Rules come from CONTRACT.md, "Orders" and "Processing guarantees":
+
+* Intake checks the request against current stock as a courtesy; the worker's reservation is the
+  authority. The order is stored `pending` and the caller enqueues it after the commit.
+* `reserve_order` runs in one transaction: it locks the order row, returns at once unless the order
+  is still `pending` (so a redelivered task is harmless), then reserves every line with a conditional
+  update in product-id order (no deadlocks), writing one stock movement per line. If any line fails,
+  the savepoint is rolled back (no stock is held) and the order is `rejected` with the reason.
+* Cancelling a `confirmed` order releases its stock, again in product-id order with ledger rows.
+
+Functions take a synchronous `Session` and never commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+
+from sqlalchemy.orm import Session
+
+from core.db import utcnow
+from core.errors import (
+    Conflict,
+    DomainError,
+    InsufficientStock,
+    InvalidInput,
+    InvalidStatus,
+    InvalidStatusTransition,
+    OrderNotFound,
+    ProductDiscontinued,
+    ProductNotFound,
+)
+from core.orders import repository as repo
+from core.orders.models import Order, OrderLine, OrderStatus
+from core.products import repository as products_repo
+from core.products.models import MovementReason
+
+#: Statuses an order never leaves.
+FINAL_STATUSES = frozenset(
+    {OrderStatus.COMPLETED, OrderStatus.REJECTED, OrderStatus.CANCELLED, OrderStatus.FAILED}
+)
+#: Values `PUT /orders/{id}/status` accepts (any case).
+SETTABLE_STATUSES = {"pending": OrderStatus.PENDING, "completed": OrderStatus.COMPLETED}
+
+
+@dataclass(frozen=True)
+class IdempotencyRequest:
+    """An `Idempotency-Key` header value within a client scope (`user:<id>` or `anonymous`)."""
+
+    scope: str
+    key: str
+
+
+@dataclass(frozen=True)
+class PlacedOrder:
+    order: Order
+    replayed: bool
+
+
+def request_fingerprint(lines: list[tuple[int, int]], extra: dict[str, object] | None = None) -> str:
+    """SHA-256 of the canonical order request (lines sorted by product id)."""
+    payload = {"lines": sorted(lines), **(extra or {})}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def place_order(
+    session: Session,
+    lines: list[tuple[int, int]],
+    *,
+    user_id: int | None = None,
+    customer: dict[str, object] | None = None,
+    manager_id: str | None = None,
+    idempotency: IdempotencyRequest | None = None,
+) -> PlacedOrder:
+    """Check and store a `pending` order with unit prices snapshotted.
+
+    `lines` are (product_id, quantity) pairs, product ids unique. Raises ProductNotFound (404),
+    ProductDiscontinued (400), InsufficientStock (400), or Conflict (409) when the idempotency key
+    was used with another body. A replayed key returns the first order with `replayed=True`.
+    """
+    if idempotency is not None:
+        fingerprint = request_fingerprint(lines, {"manager_id": manager_id, "customer": customer})
+        if not repo.claim_idempotency_key(session, idempotency.scope, idempotency.key, fingerprint):
+            return _replay(session, idempotency, fingerprint)
+
+    products = products_repo.get_many(session, [pid for pid, _ in lines])
+    for product_id, quantity in lines:
+        product = products.get(product_id)
+        if product is None:
+            raise ProductNotFound(product_id)
+        if product.discontinued:
+            raise ProductDiscontinued(product.id, product.name)
+        if product.stock < quantity:
+            raise InsufficientStock(product.id, product.name, product.stock, quantity)
+
+    now = utcnow()
+    order_lines = [
+        OrderLine(
+            product_id=pid,
+            position=position,
+            name=products[pid].name,
+            quantity=quantity,
+            unit_price=Decimal(products[pid].price),
+        )
+        for position, (pid, quantity) in enumerate(lines)
+    ]
+    total = sum((line.unit_price * line.quantity for line in order_lines), Decimal("0.00"))
+    order = Order(
+        status=OrderStatus.PENDING.value,
+        user_id=user_id,
+        manager_id=manager_id,
+        customer=customer,
+        total_price=total.quantize(Decimal("0.01")),
+        error=None,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+        enqueued_at=now,
+        lines=order_lines,
+    )
+    session.add(order)
+    session.flush()
+    if idempotency is not None:
+        repo.bind_idempotency_key(session, idempotency.scope, idempotency.key, order.id)
+    return PlacedOrder(order=order, replayed=False)
+
+
+def _replay(session: Session, idempotency: IdempotencyRequest, fingerprint: str) -> PlacedOrder:
+    record = repo.get_idempotency_key(session, idempotency.scope, idempotency.key)
+    if record is None or record.request_hash != fingerprint or record.order_id is None:
+        raise Conflict(
+            f"The idempotency key '{idempotency.key}' was already used with a different request.",
+            {"idempotency_key": idempotency.key},
+        )
+    return PlacedOrder(order=get_order(session, record.order_id), replayed=True)
+
+
+def get_order(session: Session, order_id: int, *, user_id: int | None = None) -> Order:
+    """The order with its lines. With `user_id`, another user's order is reported as missing.
+    Raises OrderNotFound."""
+    order = repo.get(session, order_id)
+    if order is None or (user_id is not None and order.user_id != user_id):
+        raise OrderNotFound(order_id)
+    return order
+
+
+def list_orders(
+    session: Session,
+    *,
+    status: str | None = None,
+    user_id: int | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Order], int]:
+    """Orders newest first. `status` is any case; an unknown one raises InvalidInput."""
+    return repo.list_page(session, status=status, user_id=user_id, limit=limit, offset=offset)
+
+
+def reserve_order(session: Session, order_id: int) -> str | None:
+    """The worker's step: reserve the stock of a pending order and confirm or reject it.
+
+    Returns the order's status afterwards, or None when the order does not exist. An order that has
+    left `pending` is returned untouched (redelivery, a sweep's re-send, or a cancellation won).
+    """
+    order = repo.lock(session, order_id)
+    if order is None:
+        return None
+    if order.status != OrderStatus.PENDING:
+        return order.status
+    lines = repo.lines_by_product(session, order_id)
+    now = utcnow()
+    try:
+        with session.begin_nested():
+            for line in lines:
+                stock_after = products_repo.reserve_stock(session, line.product_id, line.quantity)
+                if stock_after is None:
+                    raise _why_unreservable(session, line)
+                products_repo.add_movement(
+                    session,
+                    product_id=line.product_id,
+                    delta=-line.quantity,
+                    stock_after=stock_after,
+                    reason=MovementReason.RESERVATION,
+                    order_id=order_id,
+                    actor="worker",
+                )
+            session.flush()
+    except DomainError as exc:
+        order.status = OrderStatus.REJECTED.value
+        order.error = exc.to_dict()
+    else:
+        order.status = OrderStatus.CONFIRMED.value
+    order.attempts += 1
+    order.processed_at = now
+    order.updated_at = now
+    session.flush()
+    return order.status
+
+
+def _why_unreservable(session: Session, line: OrderLine) -> DomainError:
+    product = products_repo.get(session, line.product_id)
+    if product is None:
+        return ProductNotFound(line.product_id)
+    if product.discontinued:
+        return ProductDiscontinued(product.id, product.name)
+    return InsufficientStock(product.id, product.name, product.stock, line.quantity)
+
+
+def mark_failed(session: Session, order_id: int, reason: str) -> str | None:
+    """Set a still-pending order `failed` after its retries ran out (no stock is held by a pending
+    order). Returns the status afterwards, or None when the order does not exist."""
+    order = repo.lock(session, order_id)
+    if order is None:
+        return None
+    if order.status == OrderStatus.PENDING:
+        order.status = OrderStatus.FAILED.value
+        order.error = {
+            "code": "PROCESSING_FAILED",
+            "error": "Processing failed",
+            "message": "The order could not be processed because of a temporary fault; "
+            "no stock was reserved. Please place it again.",
+            "details": {"reason": reason},
+        }
+        order.processed_at = order.updated_at = utcnow()
+        session.flush()
+    return order.status
+
+
+def parse_status(value: object) -> OrderStatus:
+    """A status filter value, any case. Raises InvalidInput for an unknown one."""
+    try:
+        return OrderStatus(str(value).strip().lower())
+    except ValueError:
+        allowed = ", ".join(s.value for s in OrderStatus)
+        raise InvalidInput(f"Order status must be one of: {allowed}.", {"status": value}) from None
+
+
+def set_status(session: Session, order_id: int, value: object, *, actor: str | None = None) -> Order:
+    """`PUT /orders/{id}/status`: `Completed` moves a confirmed order to completed; `Pending` on a
+    pending order (and `Completed` on a completed one) changes nothing; any other move raises
+    InvalidStatusTransition (409). A value other than Pending/Completed raises InvalidStatus (400).
+    """
+    target = SETTABLE_STATUSES.get(str(value).strip().lower()) if isinstance(value, str) else None
+    if target is None:
+        raise InvalidStatus(value)
+    order = repo.lock(session, order_id)
+    if order is None:
+        raise OrderNotFound(order_id)
+    current = order.status
+    if current == target:
+        return get_order(session, order_id)
+    if not (current == OrderStatus.CONFIRMED and target == OrderStatus.COMPLETED):
+        raise InvalidStatusTransition(order_id, current, target.value)
+    order.status = target.value
+    order.updated_at = utcnow()
+    session.flush()
+    return get_order(session, order_id)
+
+
+def cancel_order(
+    session: Session, order_id: int, *, user_id: int | None = None, actor: str | None = None
+) -> Order:
+    """Cancel a pending or confirmed order; a confirmed order's stock goes back (ledger reason
+    `release`). Cancelling a cancelled order changes nothing. Raises OrderNotFound, or
+    InvalidStatusTransition (409) for a completed, rejected or failed order."""
+    order = repo.lock(session, order_id)
+    if order is None or (user_id is not None and order.user_id != user_id):
+        raise OrderNotFound(order_id)
+    if order.status == OrderStatus.CANCELLED:
+        return get_order(session, order_id)
+    if order.status not in (OrderStatus.PENDING, OrderStatus.CONFIRMED):
+        raise InvalidStatusTransition(order_id, order.status, OrderStatus.CANCELLED.value)
+    if order.status == OrderStatus.CONFIRMED:
+        for line in repo.lines_by_product(session, order_id):
+            stock_after = products_repo.release_stock(session, line.product_id, line.quantity)
+            products_repo.add_movement(
+                session,
+                product_id=line.product_id,
+                delta=line.quantity,
+                stock_after=stock_after,
+                reason=MovementReason.RELEASE,
+                order_id=order_id,
+                actor=actor,
+            )
+    order.status = OrderStatus.CANCELLED.value
+    order.updated_at = utcnow()
+    session.flush()
+    return get_order(session, order_id)
+
+
+def stale_pending_orders(session: Session, older_than_seconds: float, limit: int = 500) -> list[int]:
+    """The outbox sweep: ids of orders still `pending` whose last send to the broker is older than
+    `older_than_seconds`. Their `enqueued_at` is set to now, so the next sweep waits again."""
+    now = utcnow()
+    ids = repo.stale_pending_ids(session, now - timedelta(seconds=older_than_seconds), limit)
+    repo.mark_enqueued(session, ids, now)
+    return ids
+
+
+def counts_by_status(session: Session) -> dict[str, int]:
+    return repo.count_by_status(session)

@@ -1,0 +1,155 @@
+"""SQL for products and the stock movement ledger. Every function takes a synchronous `Session`
+and flushes at most; the edge commits (STYLE.md rule 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.orm import Session
+
+from core.db import utcnow
+from core.products.models import Product, StockMovement
+from core.products.schemas import ProductFilter
+
+
+def _live() -> Select[tuple[Product]]:
+    return select(Product).where(Product.deleted_at.is_(None))
+
+
+def get(session: Session, product_id: int, *, for_update: bool = False) -> Product | None:
+    """The product, or None when it does not exist or was deleted."""
+    stmt = _live().where(Product.id == product_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def get_many(session: Session, product_ids: Sequence[int]) -> dict[int, Product]:
+    """Live products by id; missing or deleted ids are absent from the result."""
+    if not product_ids:
+        return {}
+    rows = session.execute(_live().where(Product.id.in_(set(product_ids)))).scalars()
+    return {p.id: p for p in rows}
+
+
+def _filtered(flt: ProductFilter) -> Select[tuple[Product]]:
+    stmt = _live()
+    if flt.q:
+        escaped = flt.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        stmt = stmt.where(Product.name.ilike(f"%{escaped}%", escape="\\"))
+    if flt.manager_id is not None:
+        stmt = stmt.where(Product.manager_id == flt.manager_id)
+    if flt.discontinued is not None:
+        stmt = stmt.where(Product.discontinued.is_(flt.discontinued))
+    if flt.in_stock is True:
+        stmt = stmt.where(Product.stock > 0)
+    elif flt.in_stock is False:
+        stmt = stmt.where(Product.stock == 0)
+    return stmt
+
+
+def list_page(session: Session, flt: ProductFilter, limit: int, offset: int) -> tuple[list[Product], int]:
+    """One page of products ordered by id, and the total count matching `flt`."""
+    stmt = _filtered(flt)
+    total = session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+    items = session.execute(stmt.order_by(Product.id).limit(limit).offset(offset)).scalars().all()
+    return list(items), total
+
+
+def list_below_requirement(session: Session, limit: int, offset: int) -> tuple[list[Product], int]:
+    """Products whose stock is at or below their `low_stock_threshold`."""
+    stmt = _live().where(Product.stock <= Product.low_stock_threshold)
+    total = session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+    items = session.execute(stmt.order_by(Product.id).limit(limit).offset(offset)).scalars().all()
+    return list(items), total
+
+
+def add_stock(session: Session, product_id: int, quantity: int) -> int | None:
+    """Add `quantity` units (may be negative) unless that takes stock below zero.
+
+    One conditional UPDATE (`stock + quantity >= 0`), so concurrent changes never oversell.
+    Returns the new stock, or None when the product is missing, deleted, or stock would go negative.
+    """
+    stmt = (
+        update(Product)
+        .where(
+            Product.id == product_id,
+            Product.deleted_at.is_(None),
+            Product.stock + quantity >= 0,
+        )
+        .values(stock=Product.stock + quantity, updated_at=utcnow())
+        .returning(Product.stock)
+    )
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def reserve_stock(session: Session, product_id: int, quantity: int) -> int | None:
+    """Take `quantity` units for an order: the product must be live, not discontinued, and hold at
+    least `quantity`. One conditional UPDATE that also locks the row until the transaction ends.
+    Returns the new stock, or None if any condition failed."""
+    stmt = (
+        update(Product)
+        .where(
+            Product.id == product_id,
+            Product.deleted_at.is_(None),
+            Product.discontinued.is_(False),
+            Product.stock >= quantity,
+        )
+        .values(stock=Product.stock - quantity, updated_at=utcnow())
+        .returning(Product.stock)
+    )
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def release_stock(session: Session, product_id: int, quantity: int) -> int:
+    """Give back `quantity` reserved units (the product may have been deleted or discontinued since).
+    Returns the new stock."""
+    stmt = (
+        update(Product)
+        .where(Product.id == product_id)
+        .values(stock=Product.stock + quantity, updated_at=utcnow())
+        .returning(Product.stock)
+    )
+    return session.execute(stmt).scalar_one()
+
+
+def add_movement(
+    session: Session,
+    *,
+    product_id: int,
+    delta: int,
+    stock_after: int,
+    reason: str,
+    order_id: int | None = None,
+    actor: str | None = None,
+) -> StockMovement:
+    movement = StockMovement(
+        product_id=product_id,
+        delta=delta,
+        stock_after=stock_after,
+        reason=reason,
+        order_id=order_id,
+        actor=actor,
+        at=utcnow(),
+    )
+    session.add(movement)
+    return movement
+
+
+def list_movements(
+    session: Session, product_id: int, limit: int, offset: int
+) -> tuple[list[StockMovement], int]:
+    """A product's ledger, oldest first, and its row count."""
+    stmt = select(StockMovement).where(StockMovement.product_id == product_id)
+    total = session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+    items = session.execute(stmt.order_by(StockMovement.id).limit(limit).offset(offset)).scalars()
+    return list(items), total
+
+
+def ledger_sum(session: Session, product_id: int) -> int:
+    """The sum of a product's movement deltas (equals its stock when the ledger is whole)."""
+    stmt = select(func.coalesce(func.sum(StockMovement.delta), 0)).where(
+        StockMovement.product_id == product_id
+    )
+    return int(session.execute(stmt).scalar_one())

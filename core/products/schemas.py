@@ -1,0 +1,91 @@
+"""Product request and response shapes (CONTRACT.md, "Products")."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from core.types import Money, Quantity
+
+
+class ProductCreate(BaseModel):
+    """Body of `POST /products`. `stock_quantity` is accepted as an alias of `stock`."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Field(min_length=1, max_length=200, examples=["Product A"])
+    description: str = Field(default="", max_length=10_000)
+    price: Money
+    stock: int = Field(
+        default=0, ge=0, le=2_147_483_647, validation_alias=AliasChoices("stock", "stock_quantity")
+    )
+    low_stock_threshold: int = Field(default=10, ge=0, le=2_147_483_647)
+    discontinued: bool = False
+    manager_id: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class ProductUpdate(BaseModel):
+    """Body of `PUT`/`PATCH /products/{id}`: every field optional; a field not given keeps its value."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=10_000)
+    price: Money | None = None
+    stock: int | None = Field(
+        default=None,
+        ge=0,
+        le=2_147_483_647,
+        validation_alias=AliasChoices("stock", "stock_quantity"),
+    )
+    low_stock_threshold: int | None = Field(default=None, ge=0, le=2_147_483_647)
+    discontinued: bool | None = None
+    manager_id: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class StockChange(BaseModel):
+    """Body of `PATCH /products/increment|decrement/{id}`: `quantity` (aliases `amount`, `change`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quantity: Quantity = Field(validation_alias=AliasChoices("quantity", "amount", "change"))
+
+
+class ProductRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    description: str
+    price: Money
+    stock: int
+    low_stock_threshold: int
+    discontinued: bool
+    manager_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class StockMovementRead(BaseModel):
+    """One ledger row: `delta` in units (signed), `stock_after` once applied."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    product_id: int
+    delta: int
+    stock_after: int
+    reason: str
+    order_id: int | None
+    actor: str | None
+    at: datetime
+
+
+class ProductFilter(BaseModel):
+    """Query of `GET /products`."""
+
+    q: str | None = None
+    manager_id: str | None = None
+    discontinued: bool | None = None
+    in_stock: bool | None = None

@@ -1,0 +1,95 @@
+"""The Celery application (CONTRACT.md, "Runtime"; STYLE.md, workers/).
+
+Configured for at-least-once processing that is safe to repeat:
+
+* JSON only; results ignored (order state lives in the database, not in a result backend).
+* Late ack (`task_acks_late`) and `task_reject_on_worker_lost`: a task whose worker dies mid-run is
+  redelivered; `process_order` is idempotent, so a second run is harmless.
+* Prefetch multiplier 1 (`WORKER_PREFETCH_MULTIPLIER`): a busy worker does not hoard messages.
+* Redis visibility timeout (`BROKER_VISIBILITY_TIMEOUT_SECONDS`, default 600 s) longer than any task
+  and its retry countdowns, so a slow task is not handed to a second worker.
+* Task events on, so Flower sees the workers and tasks.
+* Beat runs the outbox sweep every `ORDER_SWEEP_INTERVAL_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from core.config import settings
+from core.db import dispose_sync_engine
+
+_log = logging.getLogger(__name__)
+
+ORDERS_QUEUE = "orders"
+PROCESS_ORDER = "orderflow.process_order"
+SWEEP_PENDING_ORDERS = "orderflow.sweep_pending_orders"
+
+app = Celery("orderflow", broker=settings.broker_url, include=["workers.tasks"])
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    result_serializer="json",
+    result_backend=None,
+    task_ignore_result=True,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
+    task_default_queue=ORDERS_QUEUE,
+    task_routes={
+        PROCESS_ORDER: {"queue": ORDERS_QUEUE},
+        SWEEP_PENDING_ORDERS: {"queue": ORDERS_QUEUE},
+    },
+    broker_transport_options={
+        "visibility_timeout": settings.broker_visibility_timeout_seconds,
+        "socket_timeout": 5,
+        "socket_connect_timeout": 5,
+    },
+    broker_connection_timeout=settings.broker_publish_timeout_seconds,
+    broker_connection_retry_on_startup=True,
+    task_publish_retry=True,
+    task_publish_retry_policy={
+        "max_retries": 2,
+        "interval_start": 0,
+        "interval_step": 0.2,
+        "interval_max": 0.5,
+    },
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    worker_hijack_root_logger=False,
+    timezone="UTC",
+    enable_utc=True,
+    beat_schedule={
+        "sweep-pending-orders": {
+            "task": SWEEP_PENDING_ORDERS,
+            "schedule": settings.order_sweep_interval_seconds,
+            "options": {"expires": settings.order_sweep_interval_seconds},
+        }
+    },
+)
+
+
+if settings.redis_url is None:
+    # kombu's in-memory transport polls; poll often so the embedded default answers quickly.
+    app.conf.broker_transport_options["polling_interval"] = 0.01
+
+
+@worker_process_init.connect
+def _reset_after_fork(**_: object) -> None:
+    """A forked pool process must not reuse its parent's database connections."""
+    dispose_sync_engine()
+
+
+def enqueue_process_order(order_id: int) -> bool:
+    """Send `process_order(order_id)` to the broker, by task name. Call only after the order's
+    transaction committed (STYLE.md rule 2). Returns False when the broker could not be reached; the
+    order then stays `pending` in the outbox and the beat sweep sends it later."""
+    try:
+        app.send_task(PROCESS_ORDER, args=(order_id,), queue=ORDERS_QUEUE)
+    except Exception as exc:  # noqa: BLE001 - any broker fault leaves the order to the sweep
+        _log.warning("order %s not enqueued (the sweep will re-send it): %s", order_id, exc)
+        return False
+    return True
