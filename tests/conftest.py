@@ -1,0 +1,184 @@
+"""Test set-up: a real PostgreSQL database built by Alembic and a real Redis (CONTRACT.md; STYLE.md
+rule 7). A service that cannot be reached fails the run; nothing is skipped.
+
+The test database and Redis db are chosen here, before any orderflow module reads its settings:
+`TEST_DATABASE_URL` / `TEST_REDIS_URL` override the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+
+ADMIN_DSN = os.environ.get("TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEST_DB = os.environ.get("TEST_DATABASE_NAME", "orderflow_test")
+os.environ["DATABASE_URL"] = os.environ.get(
+    "TEST_DATABASE_URL", f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEST_DB}"
+)
+os.environ["REDIS_URL"] = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+os.environ["ENVIRONMENT"] = "test"
+os.environ["LOG_LEVEL"] = "WARNING"
+os.environ["ORDER_SWEEP_INTERVAL_SECONDS"] = "3600"  # sweeps are run by the tests themselves
+
+import asyncio  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
+from collections.abc import AsyncIterator, Iterator  # noqa: E402
+
+import httpx  # noqa: E402
+import psycopg  # noqa: E402
+import pytest  # noqa: E402
+import redis  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+from core.config import settings  # noqa: E402
+from core.db import get_sync_engine  # noqa: E402
+from workers.celery_app import ORDERS_QUEUE  # noqa: E402
+
+TABLES = ["stock_movements", "idempotency_keys", "order_lines", "orders", "products"]
+
+
+def _require_services() -> None:
+    try:
+        with psycopg.connect(ADMIN_DSN, connect_timeout=5, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{TEST_DB}"')
+    except psycopg.Error as exc:
+        pytest.exit(f"PostgreSQL is required for the tests and is unreachable: {exc}", returncode=3)
+    try:
+        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5).ping()
+    except redis.RedisError as exc:
+        pytest.exit(f"Redis is required for the tests and is unreachable: {exc}", returncode=3)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def database() -> Iterator[None]:
+    """A fresh database, migrated to head by Alembic (never create_all)."""
+    _require_services()
+    from core.migrate import upgrade
+
+    upgrade()
+    yield
+    get_sync_engine().dispose()
+
+
+@pytest.fixture(autouse=True)
+def clean_state(database: None) -> Iterator[None]:
+    """Every test starts with empty tables and an empty Redis db."""
+    with get_sync_engine().begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    _clear_redis()
+    yield
+
+
+def _clear_redis() -> None:
+    """Drop the queued messages and orderflow's own keys, but keep kombu's queue bindings (a
+    FLUSHDB would make a running worker's queue unreachable)."""
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = [ORDERS_QUEUE, *client.scan_iter("orderflow:*")]
+    client.delete(*keys)
+
+
+@pytest.fixture(scope="session")
+async def app() -> AsyncIterator[object]:
+    """The ASGI app with its lifespan running (no in-process worker: the Redis broker is real)."""
+    from api.main import create_app
+
+    application = create_app(settings, start_embedded_worker=False)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: object) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://orderflow.test") as c:
+        yield c
+
+
+@pytest.fixture
+def db() -> Iterator[object]:
+    """A synchronous session for arranging and asserting (committed by the test when needed)."""
+    from core.db import session_scope
+
+    with session_scope() as session:
+        yield session
+
+
+async def create_product(client: httpx.AsyncClient, **fields: object) -> dict:
+    body = {"name": "Product A", "price": 15.99, "stock": 10, **fields}
+    response = await client.post("/products", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def gather_limited(coros: list, limit: int = 50) -> list:
+    sem = asyncio.Semaphore(limit)
+
+    async def run(coro):  # noqa: ANN001, ANN202
+        async with sem:
+            return await coro
+
+    return await asyncio.gather(*(run(c) for c in coros))
+
+
+def start_worker_process(
+    queue: str = ORDERS_QUEUE, concurrency: int = 2, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """Start a real `celery worker` (prefork pool) as a subprocess and wait until it answers a ping."""
+    from workers.celery_app import app as celery_app
+
+    name = f"test-{uuid.uuid4().hex[:8]}@localhost"
+    log_path = Path(f"/tmp/orderflow-test-worker-{name.split('@')[0]}.log")
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(concurrency),
+        "-Q",
+        queue,
+        "-n",
+        name,
+        "--loglevel",
+        "INFO",
+        "--without-mingle",
+        "--without-gossip",
+    ]
+    env = {**os.environ, **(extra_env or {})}
+    log_file = log_path.open("wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited early; see {log_path}")
+        replies = celery_app.control.ping(destination=[name], timeout=0.5)
+        if replies:
+            proc.log_path = log_path  # type: ignore[attr-defined]
+            return proc
+    proc.kill()
+    raise RuntimeError(f"worker did not answer a ping within 30 s; see {log_path}")
+
+
+def stop_worker_process(proc: subprocess.Popen, timeout: float = 15) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def celery_worker(database: None) -> Iterator[subprocess.Popen]:
+    """A real Celery worker (2 prefork processes) consuming the orders queue on the real Redis."""
+    proc = start_worker_process()
+    yield proc
+    stop_worker_process(proc)
