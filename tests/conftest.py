@@ -24,8 +24,8 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from pathlib import Path  # noqa: E402
 from collections.abc import AsyncIterator, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
@@ -117,7 +117,7 @@ async def create_product(client: httpx.AsyncClient, **fields: object) -> dict:
 async def gather_limited(coros: list, limit: int = 50) -> list:
     sem = asyncio.Semaphore(limit)
 
-    async def run(coro):  # noqa: ANN001, ANN202
+    async def run(coro):
         async with sem:
             return await coro
 
