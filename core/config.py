@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     order_max_wait_seconds: float = Field(default=30, gt=0, description="Cap of ?wait=N on GET /orders/{id}")
 
     # Celery / broker tuning (see docs/operations.md).
+    redis_key_prefix: str = Field(
+        default="", max_length=64, description="Prefix of every Redis key and channel (shared Redis)"
+    )
     broker_visibility_timeout_seconds: int = Field(default=600, ge=10)
     worker_prefetch_multiplier: int = Field(default=1, ge=1)
     task_max_retries: int = Field(default=5, ge=0)

@@ -20,7 +20,7 @@ from core.config import settings
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "orderflow:order-events"
+CHANNEL = f"{settings.redis_key_prefix}orderflow:order-events"
 
 
 class LocalHub:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 
 ADMIN_DSN = os.environ.get("TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-TEST_DB = os.environ.get("TEST_DATABASE_NAME", "orderflow_test")
+# Unique per run, so that concurrent runs on one machine never share a database or a queue.
+RUN_ID = f"{os.getpid()}"
+TEST_DB = os.environ.get("TEST_DATABASE_NAME", f"orderflow_test_{RUN_ID}")
+os.environ["REDIS_KEY_PREFIX"] = f"test{RUN_ID}:"
 os.environ["DATABASE_URL"] = os.environ.get(
     "TEST_DATABASE_URL", f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEST_DB}"
 )
@@ -35,7 +38,7 @@ from sqlalchemy import text  # noqa: E402
 
 from core.config import settings  # noqa: E402
 from core.db import get_sync_engine  # noqa: E402
-from workers.celery_app import ORDERS_QUEUE  # noqa: E402
+from workers.celery_app import ORDERS_QUEUE, ORDERS_QUEUE_KEY  # noqa: E402
 
 TABLES = ["stock_movements", "idempotency_keys", "order_lines", "orders", "products"]
 
@@ -62,6 +65,8 @@ def database() -> Iterator[None]:
     upgrade()
     yield
     get_sync_engine().dispose()
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +82,7 @@ def _clear_redis() -> None:
     """Drop the queued messages and orderflow's own keys, but keep kombu's queue bindings (a
     FLUSHDB would make a running worker's queue unreachable)."""
     client = redis.Redis.from_url(settings.redis_url)
-    keys = [ORDERS_QUEUE, *client.scan_iter("orderflow:*")]
+    keys = [ORDERS_QUEUE_KEY, *client.scan_iter(f"{settings.redis_key_prefix}orderflow:*")]
     client.delete(*keys)
 
 

@@ -25,6 +25,8 @@ from core.db import dispose_sync_engine
 _log = logging.getLogger(__name__)
 
 ORDERS_QUEUE = "orders"
+#: The Redis key of the orders queue (a list), for depth checks.
+ORDERS_QUEUE_KEY = f"{settings.redis_key_prefix}{ORDERS_QUEUE}"
 PROCESS_ORDER = "orderflow.process_order"
 SWEEP_PENDING_ORDERS = "orderflow.sweep_pending_orders"
 
@@ -45,6 +47,9 @@ app.conf.update(
     },
     broker_transport_options={
         "visibility_timeout": settings.broker_visibility_timeout_seconds,
+        # Scan for messages of dead workers every 10 s (kombu's default scans every ~100 s).
+        "unacked_restore_interval": 10,
+        "unacked_restore_throttle": 1,
         "socket_timeout": 5,
         "socket_connect_timeout": 5,
     },
@@ -72,6 +77,8 @@ app.conf.update(
 )
 
 
+if settings.redis_key_prefix:
+    app.conf.broker_transport_options["global_keyprefix"] = settings.redis_key_prefix
 if settings.redis_url is None:
     # kombu's in-memory transport polls; poll often so the embedded default answers quickly.
     app.conf.broker_transport_options["polling_interval"] = 0.01

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from api import metrics
 from core.orders import service as orders
 from core.orders.models import OrderStatus
-from workers.celery_app import ORDERS_QUEUE
+from workers.celery_app import ORDERS_QUEUE_KEY
 
 router = APIRouter(tags=["operations"])
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ async def prometheus_metrics(request: Request) -> Response:
         log.warning("order counts unavailable for /metrics: %s", type(exc).__name__)
     redis = request.app.state.redis
     try:
-        depth = await redis.llen(ORDERS_QUEUE) if redis is not None else -1
+        depth = await redis.llen(ORDERS_QUEUE_KEY) if redis is not None else -1
     except Exception:  # noqa: BLE001
         depth = -1
     metrics.queue_depth.set(depth)

@@ -1,0 +1,81 @@
+"""The embedded default (CONTRACT.md, "Runtime"): with no DATABASE_URL and no REDIS_URL,
+`orderflow serve` runs the API on a SQLite file with an in-process worker, and the whole order flow
+works on a machine with no services. Run as a real subprocess, the way a user starts it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def embedded_server(tmp_path: Path):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    env.update({"DATA_DIR": str(tmp_path), "LOG_LEVEL": "WARNING"})
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "core.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"embedded server did not start: {(tmp_path / 'serve.log').read_text()}")
+    yield base, tmp_path
+    proc.terminate()
+    proc.wait(15)
+
+
+def test_embedded_default_runs_the_whole_order_flow(embedded_server):
+    base, data_dir = embedded_server
+    with httpx.Client(base_url=base, timeout=15) as http:
+        product = http.post("/products", json={"name": "Product A", "price": 15.99, "stock": 5})
+        assert product.status_code == 201
+        pid = product.json()["id"]
+
+        order = http.post("/orders", json={"product_id": pid, "quantity": 2})
+        assert order.status_code == 202
+        assert order.headers["location"] == f"/orders/{order.json()['id']}"
+
+        polled = http.get(order.headers["location"], params={"wait": 5})
+        assert polled.json()["status"] == "confirmed"
+        assert http.get(f"/products/{pid}").json()["stock"] == 3
+
+        too_many = http.post("/orders", json={"product_id": pid, "quantity": 4})
+        assert too_many.status_code == 400
+        assert too_many.json()["error"] == "Insufficient stock"
+
+        multi = http.post("/orders", json={"products": [{"product_id": pid, "quantity": 1}]}).json()
+        cancelled = http.post(f"/orders/{multi['id']}/cancel")
+        assert cancelled.status_code == 200
+        assert cancelled.json()["status"] == "cancelled"
+        http.get(f"/orders/{multi['id']}", params={"wait": 2})
+        assert http.get(f"/products/{pid}").json()["stock"] == 3
+
+        movements = http.get(f"/products/{pid}/movements").json()
+        assert sum(m["delta"] for m in movements) == 3
+        assert http.get("/readyz").status_code == 200
+    assert (data_dir / "orderflow.sqlite3").exists()
