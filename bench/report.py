@@ -1,0 +1,165 @@
+"""The benchmark's output: a rich table, the JSON results file and the worker-sweep plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the figures were measured."""
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+    }
+
+
+def timestamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_json(path: Path, results: Mapping[str, Any]) -> None:
+    """Write `results` to `path` atomically (a temporary file renamed over it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    temporary.replace(path)
+
+
+def plot_sweep(path: Path, sweep: Sequence[Mapping[str, Any]]) -> Path:
+    """Accepted and confirmed orders/s against the worker count, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workers = [entry["workers"] for entry in sweep]
+    accepted = [entry["closed"].get("accepted_per_s") or 0 for entry in sweep]
+    confirmed = [entry["closed"].get("confirmed_per_s") or 0 for entry in sweep]
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    axes.plot(workers, accepted, marker="o", label="accepted orders/s (202)")
+    axes.plot(workers, confirmed, marker="s", label="confirmed orders/s")
+    axes.set_xlabel("Celery worker processes (--concurrency)")
+    axes.set_ylabel("orders/s")
+    axes.set_xticks(workers)
+    axes.set_ylim(bottom=0)
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    axes.set_title("orderflow closed-loop throughput by worker count")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def _fmt(value: object, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        text = f"{value:,.1f}" if abs(value) >= 100 else f"{value:,.2f}"
+    else:
+        text = f"{value:,}" if isinstance(value, int) else str(value)
+    return f"{text} {unit}".rstrip()
+
+
+def _latency(summary: Mapping[str, Any] | None) -> str:
+    if not summary or not summary.get("count"):
+        return "-"
+    return " / ".join(_fmt(summary.get(k)) for k in ("p50_ms", "p95_ms", "p99_ms")) + " ms"
+
+
+def _counts(counts: Mapping[str, int] | None) -> str:
+    if not counts:
+        return "-"
+    return ", ".join(f"{k}: {v:,}" for k, v in counts.items())
+
+
+def _closed_rows(table: Table, closed: Mapping[str, Any], label: str) -> None:
+    table.add_row(label, "orders / concurrency", f"{closed['orders']:,} / {closed['concurrency']}")
+    table.add_row("", "accepted orders/s", _fmt(closed.get("accepted_per_s")))
+    table.add_row("", "confirmed orders/s", _fmt(closed.get("confirmed_per_s")))
+    table.add_row("", "submit latency p50/p95/p99", _latency(closed.get("submit_latency")))
+    table.add_row(
+        "",
+        "accepted / refused / errors",
+        f"{closed['accepted']:,} / {closed['refused']:,} / {_counts(closed.get('errors'))}",
+    )
+    table.add_row("", "outcomes", _counts(closed.get("outcomes")))
+
+
+def render(console: Console, results: Mapping[str, Any]) -> None:
+    """Print the figures of a run."""
+    table = Table(title="orderflow benchmark", show_lines=False)
+    table.add_column("phase", style="bold")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+
+    setup = results.get("setup") or {}
+    table.add_row(
+        "setup",
+        "products x stock",
+        f"{setup.get('products', 0):,} x {setup.get('stock_per_product', 0):,}",
+    )
+    closed = results.get("closed")
+    if closed:
+        _closed_rows(table, closed, "closed loop")
+    opened = results.get("open")
+    if opened:
+        table.add_row(
+            "open model",
+            "rate x duration",
+            f"{opened['rate']:g}/s x {opened['duration_seconds']:g} s ({opened['scheduled']:,} orders)",
+        )
+        table.add_row("", "submit latency p50/p95/p99", _latency(opened.get("submit_latency")))
+        table.add_row(
+            "",
+            "submit->confirmed p50/p95/p99",
+            _latency(opened.get("submit_to_confirmed_latency")),
+        )
+        table.add_row(
+            "",
+            "accepted / refused / errors",
+            f"{opened['accepted']:,} / {opened['refused']:,} / {_counts(opened.get('errors'))}",
+        )
+        table.add_row("", "outcomes", _counts(opened.get("outcomes")))
+        table.add_row("", "send lag p99 (generator)", _fmt(opened["dispatch_lag"].get("p99_ms"), "ms"))
+    invariants = results.get("invariants") or {}
+    for index, check in enumerate(invariants.get("checks", [])):
+        verdict = "[green]pass[/]" if check["passed"] else "[red]FAIL[/]"
+        table.add_row("invariants" if index == 0 else "", check["name"], verdict)
+    console.print(table)
+
+    sweep = results.get("sweep")
+    if sweep:
+        sweep_table = Table(title="worker sweep (closed loop)")
+        sweep_table.add_column("workers", justify="right")
+        sweep_table.add_column("accepted/s", justify="right")
+        sweep_table.add_column("confirmed/s", justify="right")
+        sweep_table.add_column("submit p50/p95/p99", justify="right")
+        sweep_table.add_column("outcomes")
+        for entry in sweep:
+            c = entry["closed"]
+            sweep_table.add_row(
+                str(entry["workers"]),
+                _fmt(c.get("accepted_per_s")),
+                _fmt(c.get("confirmed_per_s")),
+                _latency(c.get("submit_latency")),
+                _counts(c.get("outcomes")),
+            )
+        console.print(sweep_table)
+    for note in results.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}")
