@@ -95,7 +95,13 @@ def demo(
     )
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],  # --help goes to the benchmark's own parser
+    }
+)
 def bench(ctx: typer.Context) -> None:
     """Run the load benchmark against a running API (see `orderflow bench --help`)."""
     from bench.cli import main
