@@ -2,8 +2,10 @@
 
 `process_order` retries only transient database faults (lost connection, deadlock, serialization
 failure, pool timeout), with exponential backoff and full jitter, at most `TASK_MAX_RETRIES` times;
-then the order is set `failed`. Any other exception is a bug: it is logged by Celery and the order
-stays `pending`, so the outbox sweep re-sends it later.
+then the order is set `failed`. Any other exception is a bug that a retry would only repeat: it is
+logged with its traceback and the order is set `failed` at once (its reservation was rolled back, so
+no stock is held). Were the database itself unreachable even for that, the order stays `pending` and
+the outbox sweep sends it again later.
 """
 
 from __future__ import annotations
@@ -50,12 +52,13 @@ def process_order(self: Task, order_id: int) -> str | None:
         with session_scope() as session:
             status = orders.reserve_order(session, order_id)
     except Exception as exc:
-        if not is_transient(exc):
-            raise
-        if self.request.retries < self.max_retries:
+        if is_transient(exc) and self.request.retries < self.max_retries:
             log.warning("order %s: transient database fault, retrying: %s", order_id, exc)
             raise self.retry(exc=exc, countdown=backoff_seconds(self.request.retries)) from exc
-        log.error("order %s: retries exhausted, marking failed: %s", order_id, exc)
+        if is_transient(exc):
+            log.error("order %s: retries exhausted, marking failed: %s", order_id, exc)
+        else:
+            log.exception("order %s: processing error, marking failed", order_id)
         with session_scope() as session:
             status = orders.mark_failed(session, order_id, type(exc).__name__)
     if status is None:
