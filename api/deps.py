@@ -11,7 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """An `AsyncSession` committed when the route returns, rolled back if it raises
-    (STYLE.md rule 1). Routes that must act after the commit (enqueue) commit themselves first."""
+    (STYLE.md rule 1). Routes that must act after the commit (enqueue) commit themselves first.
+
+    Used with `scope="function"`, so the commit happens before the response is sent: a client that
+    got its 2xx can read its write at once, and a failed commit is a 500, never a success."""
     async with request.app.state.sessionmaker() as session:
         try:
             yield session
@@ -21,7 +24,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
             raise
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
 class Page:
