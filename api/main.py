@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware
+from api.openapi import drop_validation_422
 from api.routes import health, orders, products
 from api.waiters import OrderEventRelay
 from core.config import Settings, settings
@@ -73,6 +74,7 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
     app.include_router(products.router)
     app.include_router(orders.router)
     app.include_router(health.router)
+    drop_validation_422(app)
     return app
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 
@@ -107,9 +108,13 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 
 
 def responses(**statuses: list[str]) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for a route: `responses(_400=["invalid_input"], _404=[...])`. A 500 is always
-    added."""
+    """`responses=` for a route: `responses(_400=["invalid_input"], _404=[...])`. A 400 with the
+    `invalid_input` example (every route validates a body, a query or a path id: CONTRACT.md, "Core
+    API", 400 instead of 422) and a 500 are always added."""
     out: dict[int | str, dict[str, Any]] = {}
+    bad_request = statuses.get("_400", [])
+    if "invalid_input" not in bad_request:
+        statuses["_400"] = [*bad_request, "invalid_input"]
     statuses.setdefault("_500", ["internal"])
     for key, names in statuses.items():
         code = int(key.lstrip("_"))
@@ -121,3 +126,28 @@ def responses(**statuses: list[str]) -> dict[int | str, dict[str, Any]]:
             },
         }
     return out
+
+
+_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def drop_validation_422(app: FastAPI) -> None:
+    """Make `app.openapi()` leave out FastAPI's automatic 422 responses and their schemas: this API
+    answers validation failures with 400 `Invalid input` (CONTRACT.md, "Core API"), which the
+    routes declare through `responses()`."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for item in schema.get("paths", {}).values():
+                for operation in item.values():
+                    if isinstance(operation, dict):
+                        operation.get("responses", {}).pop("422", None)
+            schemas = schema.get("components", {}).get("schemas", {})
+            for name in _VALIDATION_SCHEMAS:
+                schemas.pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
