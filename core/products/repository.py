@@ -12,6 +12,9 @@ from core.db import utcnow
 from core.products.models import Product, StockMovement
 from core.products.schemas import ProductFilter
 
+#: The largest stock a product can hold: `products.stock` is a 32-bit INTEGER.
+MAX_STOCK = 2_147_483_647
+
 
 def _live() -> Select[tuple[Product]]:
     return select(Product).where(Product.deleted_at.is_(None))
@@ -66,17 +69,20 @@ def list_below_requirement(session: Session, limit: int, offset: int) -> tuple[l
 
 
 def add_stock(session: Session, product_id: int, quantity: int) -> int | None:
-    """Add `quantity` units (may be negative) unless that takes stock below zero.
+    """Add `quantity` units (may be negative) unless that takes stock below zero or above `MAX_STOCK`.
 
-    One conditional UPDATE (`stock + quantity >= 0`), so concurrent changes never oversell.
-    Returns the new stock, or None when the product is missing, deleted, or stock would go negative.
+    One conditional UPDATE, so concurrent changes never oversell. The condition compares `stock` with
+    a bound instead of computing `stock + quantity`, which would overflow the 32-bit column in SQL.
+    Returns the new stock, or None when the product is missing, deleted, or stock would leave
+    0..MAX_STOCK.
     """
+    in_range = Product.stock <= MAX_STOCK - quantity if quantity >= 0 else Product.stock >= -quantity
     stmt = (
         update(Product)
         .where(
             Product.id == product_id,
             Product.deleted_at.is_(None),
-            Product.stock + quantity >= 0,
+            in_range,
         )
         .values(stock=Product.stock + quantity, updated_at=utcnow())
         .returning(Product.stock)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
-from core.errors import InsufficientStock, ProductNotFound
+from core.errors import InsufficientStock, InvalidInput, ProductNotFound
 from core.products import repository as repo
 from core.products.models import MovementReason, Product, StockMovement
 from core.products.schemas import ProductCreate, ProductFilter, ProductUpdate
@@ -91,10 +91,16 @@ def delete_product(session: Session, product_id: int) -> None:
 
 
 def increment_stock(session: Session, product_id: int, quantity: int, actor: str | None = None) -> Product:
-    """Add `quantity` (>= 1) units. Raises ProductNotFound."""
+    """Add `quantity` (>= 1) units. Raises ProductNotFound, or InvalidInput when the stock would
+    exceed `repository.MAX_STOCK` (stock is left unchanged)."""
     new_stock = repo.add_stock(session, product_id, quantity)
     if new_stock is None:
-        raise ProductNotFound(product_id)
+        product = get_product(session, product_id)
+        raise InvalidInput(
+            f"Stock cannot exceed {repo.MAX_STOCK} units: {product.name} has {product.stock} "
+            f"and you requested {quantity} more.",
+            {"product_id": product.id, "stock": product.stock, "requested": quantity},
+        )
     repo.add_movement(
         session,
         product_id=product_id,
