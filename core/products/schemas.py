@@ -10,7 +10,9 @@ from core.types import Money, Quantity
 
 
 class ProductCreate(BaseModel):
-    """Body of `POST /products`. `stock_quantity` is accepted as an alias of `stock`."""
+    """Body of `POST /products`. `stock_quantity` is accepted as an alias of `stock`.
+
+    Counts and flags are strict: a JSON `true` or `"5"` is a wrong type (400), not 1 or 5."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -18,10 +20,14 @@ class ProductCreate(BaseModel):
     description: str = Field(default="", max_length=10_000)
     price: Money
     stock: int = Field(
-        default=0, ge=0, le=2_147_483_647, validation_alias=AliasChoices("stock", "stock_quantity")
+        default=0,
+        ge=0,
+        le=2_147_483_647,
+        strict=True,
+        validation_alias=AliasChoices("stock", "stock_quantity"),
     )
-    low_stock_threshold: int = Field(default=10, ge=0, le=2_147_483_647)
-    discontinued: bool = False
+    low_stock_threshold: int = Field(default=10, ge=0, le=2_147_483_647, strict=True)
+    discontinued: bool = Field(default=False, strict=True)
     manager_id: str | None = Field(default=None, min_length=1, max_length=64)
 
 
@@ -37,10 +43,11 @@ class ProductUpdate(BaseModel):
         default=None,
         ge=0,
         le=2_147_483_647,
+        strict=True,
         validation_alias=AliasChoices("stock", "stock_quantity"),
     )
-    low_stock_threshold: int | None = Field(default=None, ge=0, le=2_147_483_647)
-    discontinued: bool | None = None
+    low_stock_threshold: int | None = Field(default=None, ge=0, le=2_147_483_647, strict=True)
+    discontinued: bool | None = Field(default=None, strict=True)
     manager_id: str | None = Field(default=None, min_length=1, max_length=64)
 
 
@@ -49,7 +56,7 @@ class StockChange(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    quantity: Quantity = Field(validation_alias=AliasChoices("quantity", "amount", "change"))
+    quantity: Quantity = Field(strict=True, validation_alias=AliasChoices("quantity", "amount", "change"))
 
 
 class ProductRead(BaseModel):
