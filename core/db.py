@@ -74,17 +74,30 @@ def _engine_kwargs(cfg: Settings, url: str) -> dict[str, Any]:
 
 
 def _tune_sqlite(engine: Engine) -> None:
+    """SQLite for the embedded default: WAL, foreign keys, and real transactions.
+
+    The sqlite3 driver starts a transaction only before a write, so `SELECT ... FOR UPDATE` (which
+    SQLite ignores) would lock nothing and two sessions could both read an order as `pending`.
+    Every transaction here begins with `BEGIN IMMEDIATE` instead, taking SQLite's single write
+    lock up front: transactions run one at a time, which is what the row locks achieve on
+    PostgreSQL (SQLAlchemy's documented recipe for pysqlite/aiosqlite transactions).
+    """
     if engine.dialect.name != "sqlite":
         return
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the driver must not issue its own BEGIN
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_sync_engine(cfg: Settings = settings) -> Engine:

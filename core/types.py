@@ -15,11 +15,15 @@ Money = Annotated[
     PlainSerializer(float, return_type=float, when_used="json"),
 ]
 
-#: A quantity of units in a stock change or an order line: a whole number from 1 to 1,000,000.
-Quantity = Annotated[int, Field(ge=1, le=1_000_000, examples=[2])]
+#: The largest quantity of one product in one stock change or order.
+MAX_QUANTITY = 1_000_000
 
-#: A database id: a positive 31-bit integer (larger ids cannot exist, so they are refused as input).
-Id = Annotated[int, Field(ge=1, le=2_147_483_647, examples=[1])]
+#: A quantity of units in a stock change or an order line: a whole JSON number from 1 to
+#: 1,000,000 (strict: `true` or `"2"` is a wrong type, not 1 or 2).
+Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY, strict=True, examples=[2])]
+
+#: A database id in a request body: a positive 31-bit JSON integer (larger ids cannot exist).
+Id = Annotated[int, Field(ge=1, le=2_147_483_647, strict=True, examples=[1])]
 
 
 def money(value: Decimal | int | float | str) -> Decimal:

@@ -14,6 +14,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.concurrency import run_in_threadpool
 
 from api import metrics
@@ -113,19 +114,23 @@ async def get_order(
 ) -> JSONResponse:
     """The order. With `wait=N`, the answer comes as soon as the order leaves `pending`, or after N
     seconds. A pending order's response carries `Retry-After`."""
-    order = await session.run_sync(service.get_order, order_id)
+    order = OrderRead.of(await session.run_sync(service.get_order, order_id))
     if wait > 0 and order.status == OrderStatus.PENDING:
         order = await _wait_for_outcome(session, order_id, min(wait, settings.order_max_wait_seconds))
-    return _order_response(OrderRead.of(order))
+    return _order_response(order)
 
 
-async def _wait_for_outcome(session: SessionDep, order_id: int, wait: float):
+async def _wait_for_outcome(session: AsyncSession, order_id: int, wait: float) -> OrderRead:
+    """Re-read the order whenever a worker says it changed (or every RECHECK_SECONDS) until it
+    leaves `pending` or `wait` seconds pass. No transaction, connection or SQLite lock is held
+    while waiting."""
     started = time.monotonic()
     deadline = started + wait
     with hub.watch(order_id) as changed:
         while True:
-            await session.rollback()  # hand the connection back to the pool while waiting
-            order = await session.run_sync(service.get_order, order_id)
+            await session.rollback()
+            order = OrderRead.of(await session.run_sync(service.get_order, order_id))
+            await session.rollback()
             remaining = deadline - time.monotonic()
             if order.status != OrderStatus.PENDING or remaining <= 0:
                 break

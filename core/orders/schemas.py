@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-from core.types import Id, Money, Quantity
+from core.types import MAX_QUANTITY, Id, Money, Quantity
 
 MAX_ORDER_LINES = 100
 
@@ -48,6 +48,12 @@ class OrderCreate(BaseModel):
         if self.products is None and (self.product_id is None or self.quantity is None):
             missing = "product_id" if self.product_id is None else "quantity"
             raise ValueError(f"Order {missing} is required.")
+        for product_id, quantity in self.merged_lines():
+            if quantity > MAX_QUANTITY:
+                raise ValueError(
+                    f"Order quantity of product {product_id} is {quantity} in all; "
+                    f"at most {MAX_QUANTITY} units of one product can be ordered at once."
+                )
         return self
 
     def merged_lines(self) -> list[tuple[int, int]]:

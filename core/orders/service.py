@@ -44,6 +44,8 @@ from core.products.models import MovementReason
 FINAL_STATUSES = frozenset(
     {OrderStatus.COMPLETED, OrderStatus.REJECTED, OrderStatus.CANCELLED, OrderStatus.FAILED}
 )
+#: The largest order total that `orders.total_price NUMERIC(14, 2)` holds.
+MAX_ORDER_TOTAL = Decimal("999999999999.99")
 #: Values `PUT /orders/{id}/status` accepts (any case).
 SETTABLE_STATUSES = {"pending": OrderStatus.PENDING, "completed": OrderStatus.COMPLETED}
 
@@ -80,7 +82,8 @@ def place_order(
     """Check and store a `pending` order with unit prices snapshotted.
 
     `lines` are (product_id, quantity) pairs, product ids unique. Raises ProductNotFound (404),
-    ProductDiscontinued (400), InsufficientStock (400), or Conflict (409) when the idempotency key
+    ProductDiscontinued (400), InsufficientStock (400), InvalidInput (400) when the total exceeds
+    MAX_ORDER_TOTAL, or Conflict (409) when the idempotency key
     was used with another body. A replayed key returns the first order with `replayed=True`.
     """
     if idempotency is not None:
@@ -110,6 +113,11 @@ def place_order(
         for position, (pid, quantity) in enumerate(lines)
     ]
     total = sum((line.unit_price * line.quantity for line in order_lines), Decimal("0.00"))
+    if total > MAX_ORDER_TOTAL:
+        raise InvalidInput(
+            f"The order total {total:.2f} exceeds the largest accepted total {MAX_ORDER_TOTAL}.",
+            {"total_price": f"{total:.2f}", "max_total_price": str(MAX_ORDER_TOTAL)},
+        )
     order = Order(
         status=OrderStatus.PENDING.value,
         user_id=user_id,
