@@ -9,13 +9,22 @@ from fastapi import Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 
+READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """An `AsyncSession` committed when the route returns, rolled back if it raises
     (STYLE.md rule 1). Routes that must act after the commit (enqueue) commit themselves first.
 
     Used with `scope="function"`, so the commit happens before the response is sent: a client that
-    got its 2xx can read its write at once, and a failed commit is a 500, never a success."""
-    async with request.app.state.sessionmaker() as session:
+    got its 2xx can read its write at once, and a failed commit is a 500, never a success.
+    GET and HEAD requests only read: on PostgreSQL their statements run in autocommit mode."""
+    factory = (
+        request.app.state.read_sessionmaker
+        if request.method in READ_ONLY_METHODS
+        else request.app.state.sessionmaker
+    )
+    async with factory() as session:
         try:
             yield session
             await session.commit()

@@ -42,6 +42,13 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_async_engine(cfg)
         app.state.sessionmaker = make_async_sessionmaker(engine)
+        # Safe methods read outside an explicit transaction on PostgreSQL: no BEGIN/COMMIT round
+        # trips. SQLite keeps its BEGIN IMMEDIATE transactions (core.db._tune_sqlite).
+        app.state.read_sessionmaker = (
+            make_async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+            if engine.dialect.name == "postgresql"
+            else app.state.sessionmaker
+        )
         app.state.redis = aioredis.Redis.from_url(cfg.redis_url) if cfg.redis_url else None
         relay = OrderEventRelay(cfg.redis_url) if cfg.redis_url else None
         if relay is not None:

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
 
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=20, ge=0)
+    db_pool_pre_ping: bool = Field(
+        default=False, description="Test each pooled connection before use (one more round trip)"
+    )
     db_statement_timeout_ms: int = Field(default=15000, ge=0)
 
     flower_basic_auth: str | None = None

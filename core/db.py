@@ -65,7 +65,7 @@ def _engine_kwargs(cfg: Settings, url: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "pool_size": cfg.db_pool_size,
         "max_overflow": cfg.db_max_overflow,
-        "pool_pre_ping": True,
+        "pool_pre_ping": cfg.db_pool_pre_ping,
         "pool_recycle": 1800,
     }
     if cfg.db_statement_timeout_ms:

@@ -63,7 +63,7 @@ app.conf.update(
         "interval_max": 0.5,
     },
     worker_send_task_events=True,
-    task_send_sent_event=True,
+    task_send_sent_event=False,
     worker_hijack_root_logger=False,
     timezone="UTC",
     enable_utc=True,

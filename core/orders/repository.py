@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
@@ -19,16 +19,62 @@ def get(session: Session, order_id: int, *, for_update: bool = False) -> Order |
     return session.execute(stmt).scalar_one_or_none()
 
 
+# populate_existing: what a lock returns is the row as it is now, even if this session had read it.
+_LOCK_ORDER = (
+    select(Order)
+    .where(Order.id == bindparam("oid"))
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
+_LINES_BY_PRODUCT = (
+    select(OrderLine).where(OrderLine.order_id == bindparam("oid")).order_by(OrderLine.product_id)
+)
+
+
+_LOCK_STATUS = select(Order.status).where(Order.id == bindparam("oid")).with_for_update()
+_LINE_QUANTITIES = (
+    select(OrderLine.product_id, OrderLine.quantity)
+    .where(OrderLine.order_id == bindparam("oid"))
+    .order_by(OrderLine.product_id)
+)
+_FINISH_PROCESSING = (
+    update(Order)
+    .where(Order.id == bindparam("oid"))
+    .values(
+        status=bindparam("new_status"),
+        error=bindparam("new_error", type_=Order.__table__.c.error.type),
+        attempts=Order.attempts + 1,
+        processed_at=bindparam("now"),
+        updated_at=bindparam("now"),
+    )
+)
+
+
+def lock_status(session: Session, order_id: int) -> str | None:
+    """Lock the order row (SELECT status ... FOR UPDATE); its status, or None when it is missing."""
+    return session.execute(_LOCK_STATUS, {"oid": order_id}).scalar_one_or_none()
+
+
+def line_quantities(session: Session, order_id: int) -> list[tuple[int, int]]:
+    """(product_id, quantity) of every line, in product-id order: the fixed lock order that rules
+    out deadlocks between workers."""
+    return [(pid, qty) for pid, qty in session.execute(_LINE_QUANTITIES, {"oid": order_id})]
+
+
+def finish_processing(session: Session, order_id: int, status: str, error: dict | None, at: datetime) -> None:
+    """Record the worker's outcome: status, error object, one more attempt, processed/updated at."""
+    params = {"oid": order_id, "new_status": status, "new_error": error, "now": at}
+    session.execute(_FINISH_PROCESSING, params)
+
+
 def lock(session: Session, order_id: int) -> Order | None:
     """Lock the order row (SELECT ... FOR UPDATE) without loading its lines."""
-    stmt = select(Order).where(Order.id == order_id).with_for_update()
-    return session.execute(stmt).scalar_one_or_none()
+    return session.execute(_LOCK_ORDER, {"oid": order_id}).scalar_one_or_none()
 
 
 def lines_by_product(session: Session, order_id: int) -> list[OrderLine]:
     """The order's lines in product-id order: the fixed lock order that rules out deadlocks."""
-    stmt = select(OrderLine).where(OrderLine.order_id == order_id).order_by(OrderLine.product_id)
-    return list(session.execute(stmt).scalars())
+    return list(session.execute(_LINES_BY_PRODUCT, {"oid": order_id}).scalars())
 
 
 def list_page(

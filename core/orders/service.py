@@ -15,6 +15,7 @@ Functions take a synchronous `Session` and never commit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -174,49 +175,51 @@ def reserve_order(session: Session, order_id: int) -> str | None:
 
     Returns the order's status afterwards, or None when the order does not exist. An order that has
     left `pending` is returned untouched (redelivery, a sweep's re-send, or a cancellation won).
+    Written with prebuilt Core statements: this is the pipeline's hot path.
     """
-    order = repo.lock(session, order_id)
-    if order is None:
-        return None
-    if order.status != OrderStatus.PENDING:
-        return order.status
-    lines = repo.lines_by_product(session, order_id)
+    status = repo.lock_status(session, order_id)
+    if status is None or status != OrderStatus.PENDING:
+        return status
+    lines = repo.line_quantities(session, order_id)
     now = utcnow()
+    # A savepoint undoes the lines already reserved when a later one fails; a one-line order has
+    # nothing to undo (its failed conditional UPDATE changed no row), so it skips the round trips.
+    atomic = session.begin_nested() if len(lines) > 1 else contextlib.nullcontext()
+    error: dict | None = None
     try:
-        with session.begin_nested():
-            for line in lines:
-                stock_after = products_repo.reserve_stock(session, line.product_id, line.quantity)
+        with atomic:
+            movements = []
+            for product_id, quantity in lines:
+                stock_after = products_repo.reserve_stock(session, product_id, quantity)
                 if stock_after is None:
-                    raise _why_unreservable(session, line)
-                products_repo.add_movement(
-                    session,
-                    product_id=line.product_id,
-                    delta=-line.quantity,
-                    stock_after=stock_after,
-                    reason=MovementReason.RESERVATION,
-                    order_id=order_id,
-                    actor="worker",
+                    raise _why_unreservable(session, product_id, quantity)
+                movements.append(
+                    {
+                        "product_id": product_id,
+                        "delta": -quantity,
+                        "stock_after": stock_after,
+                        "reason": MovementReason.RESERVATION,
+                        "order_id": order_id,
+                        "actor": "worker",
+                        "at": now,
+                    }
                 )
-            session.flush()
+            products_repo.add_movements(session, movements)
     except DomainError as exc:
-        order.status = OrderStatus.REJECTED.value
-        order.error = exc.to_dict()
+        status, error = OrderStatus.REJECTED.value, exc.to_dict()
     else:
-        order.status = OrderStatus.CONFIRMED.value
-    order.attempts += 1
-    order.processed_at = now
-    order.updated_at = now
-    session.flush()
-    return order.status
+        status = OrderStatus.CONFIRMED.value
+    repo.finish_processing(session, order_id, status, error, now)
+    return status
 
 
-def _why_unreservable(session: Session, line: OrderLine) -> DomainError:
-    product = products_repo.get(session, line.product_id)
+def _why_unreservable(session: Session, product_id: int, quantity: int) -> DomainError:
+    product = products_repo.get(session, product_id)
     if product is None:
-        return ProductNotFound(line.product_id)
+        return ProductNotFound(product_id)
     if product.discontinued:
         return ProductDiscontinued(product.id, product.name)
-    return InsufficientStock(product.id, product.name, product.stock, line.quantity)
+    return InsufficientStock(product.id, product.name, product.stock, quantity)
 
 
 def mark_failed(session: Session, order_id: int, reason: str) -> str | None:
