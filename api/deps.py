@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-
 READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 
 
