@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from api.dispatch import OrderDispatcher
 from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware
 from api.openapi import drop_validation_422
@@ -49,6 +50,7 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
             if engine.dialect.name == "postgresql"
             else app.state.sessionmaker
         )
+        app.state.dispatcher = OrderDispatcher()
         app.state.redis = aioredis.Redis.from_url(cfg.redis_url) if cfg.redis_url else None
         relay = OrderEventRelay(cfg.redis_url) if cfg.redis_url else None
         if relay is not None:

@@ -27,7 +27,6 @@ from core.events import hub, publish_order_changed
 from core.orders import service
 from core.orders.models import OrderStatus
 from core.orders.schemas import OrderCreate, OrderRead, OrderStatusUpdate
-from workers.celery_app import enqueue_process_order
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 
@@ -79,7 +78,7 @@ async def create_order(
     if placed.replayed:
         headers["Idempotent-Replayed"] = "true"
     else:
-        enqueued = await run_in_threadpool(enqueue_process_order, order.id)
+        enqueued = await request.app.state.dispatcher.send(order.id)
         metrics.orders_submitted.labels("yes" if enqueued else "deferred").inc()
     return _order_response(order, status.HTTP_202_ACCEPTED, **headers)
 

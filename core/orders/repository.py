@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
@@ -90,6 +90,26 @@ def list_page(
     page = stmt.options(selectinload(Order.lines)).order_by(Order.id.desc()).limit(limit)
     items = session.execute(page.offset(offset)).scalars().all()
     return list(items), total
+
+
+_ORDER_COLUMNS = (
+    "status", "user_id", "manager_id", "customer", "total_price", "error", "attempts",
+    "created_at", "updated_at", "enqueued_at",
+)  # fmt: skip
+_LINE_COLUMNS = ("order_id", "product_id", "position", "name", "quantity", "unit_price")
+
+
+def insert_order(session: Session, order: Order) -> int:
+    """Insert a new order and its lines with two Core statements (no unit-of-work flush: this is
+    the intake's hot path) and set `order.id` and each line's `order_id`. `order` stays transient,
+    a snapshot of what was stored. Returns the new id."""
+    values = {name: getattr(order, name) for name in _ORDER_COLUMNS}
+    order.id = session.execute(insert(Order).values(values).returning(Order.id)).scalar_one()
+    for line in order.lines:
+        line.order_id = order.id
+    rows = [{name: getattr(line, name) for name in _LINE_COLUMNS} for line in order.lines]
+    session.execute(insert(OrderLine), rows)
+    return order.id
 
 
 def claim_idempotency_key(session: Session, scope: str, key: str, request_hash: str) -> bool:

@@ -92,7 +92,7 @@ def place_order(
         if not repo.claim_idempotency_key(session, idempotency.scope, idempotency.key, fingerprint):
             return _replay(session, idempotency, fingerprint)
 
-    products = products_repo.get_many(session, [pid for pid, _ in lines])
+    products = products_repo.snapshot_for_order(session, [pid for pid, _ in lines])
     for product_id, quantity in lines:
         product = products.get(product_id)
         if product is None:
@@ -132,8 +132,7 @@ def place_order(
         enqueued_at=now,
         lines=order_lines,
     )
-    session.add(order)
-    session.flush()
+    repo.insert_order(session, order)
     if idempotency is not None:
         repo.bind_idempotency_key(session, idempotency.scope, idempotency.key, order.id)
     return PlacedOrder(order=order, replayed=False)

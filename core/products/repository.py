@@ -4,6 +4,7 @@ and flushes at most; the edge commits (STYLE.md rule 1)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Select, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -28,12 +29,18 @@ def get(session: Session, product_id: int, *, for_update: bool = False) -> Produ
     return session.execute(stmt).scalar_one_or_none()
 
 
-def get_many(session: Session, product_ids: Sequence[int]) -> dict[int, Product]:
-    """Live products by id; missing or deleted ids are absent from the result."""
+_ORDER_SNAPSHOT = select(Product.id, Product.name, Product.price, Product.stock, Product.discontinued).where(
+    Product.id.in_(bindparam("ids", expanding=True)), Product.deleted_at.is_(None)
+)
+
+
+def snapshot_for_order(session: Session, product_ids: Sequence[int]) -> dict[int, Any]:
+    """`{id: row(id, name, price, stock, discontinued)}` of the live products among `product_ids`
+    (the intake check and price snapshot of an order); missing or deleted ids are absent."""
     if not product_ids:
         return {}
-    rows = session.execute(_live().where(Product.id.in_(set(product_ids)))).scalars()
-    return {p.id: p for p in rows}
+    rows = session.execute(_ORDER_SNAPSHOT, {"ids": list(product_ids)})
+    return {row.id: row for row in rows}
 
 
 def _filtered(flt: ProductFilter) -> Select[tuple[Product]]:

@@ -195,6 +195,10 @@ async def test_broker_down_at_submission_then_the_sweep_sends_the_order(client, 
     product = await create_product(client, stock=5)
     with broker_unreachable():
         response = await client.post("/orders", json={"product_id": product["id"], "quantity": 2})
+        # While the dispatcher is open, further orders are only stored, without waiting on the broker.
+        second = await client.post("/orders", json={"product_id": product["id"], "quantity": 1})
+    client._transport.app.state.dispatcher.reset()
+    assert second.status_code == 202
     assert response.status_code == 202
     order_id = response.json()["id"]
     await asyncio.sleep(1)
@@ -202,10 +206,12 @@ async def test_broker_down_at_submission_then_the_sweep_sends_the_order(client, 
 
     from workers.tasks import sweep_pending_orders
 
-    assert sweep_pending_orders.run(older_than_seconds=0) == 1
+    assert sweep_pending_orders.run(older_than_seconds=0) == 2
     polled = await client.get(f"/orders/{order_id}", params={"wait": 10})
     assert polled.json()["status"] == "confirmed"
-    assert stock_of(product["id"]) == 3
+    polled = await client.get(f"/orders/{second.json()['id']}", params={"wait": 10})
+    assert polled.json()["status"] == "confirmed"
+    assert stock_of(product["id"]) == 2
 
 
 def test_sweep_leaves_recent_and_processed_orders_alone(celery_worker):
