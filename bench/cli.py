@@ -226,8 +226,8 @@ async def run_benchmark(
     if spawn:
         _require_shared_broker()
 
-    async with target.client(2) as client:
-        await check_reachable(client)
+    async with target.session(2) as session:
+        await check_reachable(session, target.url)
     results["setup"] = await setup_products(run, args.products, args.stock, args.concurrency)
 
     if spawn:

@@ -1,35 +1,47 @@
-"""The benchmark's HTTP side: httpx clients, and the few core API calls the benchmark makes.
+"""The benchmark's HTTP side: aiohttp sessions, and the few core API calls the benchmark makes.
 
 Only the URL given on the command line is contacted; proxies from the environment are ignored
 (`trust_env=False`) so loopback traffic never leaves the machine.
 
-Load phases use a `ClientPool`: `size` single-connection AsyncClients handed out first come, first
-served. It is a connection pool of `size` connections like one AsyncClient with
-`max_connections=size`, without httpcore's pool bookkeeping, whose cost grows with the square of
-the pool size and makes one large AsyncClient the bottleneck of a load test
-(https://github.com/encode/httpx/issues/3215).
+The client is aiohttp rather than httpx because the load generator shares the machine with the
+service: on a 2-core host httpx spends far more CPU per request than the API it measures (its
+connection pool bookkeeping grows with the pool size, https://github.com/encode/httpx/issues/3215,
+on top of a high per-request cost), so an httpx generator takes a core from the API, the workers and
+the database and ends up measuring itself. One `aiohttp.ClientSession` per phase (per pool of
+connections) is enough: its `TCPConnector` keeps at most `connections` keep-alive connections.
+
+Every request goes through `fetch`, which reads the whole body inside the response's context, so
+each connection goes back to the pool (an unread body would make aiohttp close it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import cached_property
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-import httpx
-
+try:
+    import aiohttp
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment
+    raise ModuleNotFoundError(
+        "the benchmark needs aiohttp, which is in the dev dependency group: run `uv sync` (without --no-dev)",
+        name="aiohttp",
+    ) from exc
 from bench.stats import FINAL_STATUSES, parse_timestamp
 
 MOVEMENTS_PAGE = 500
 """The API's maximum `limit` (CONTRACT.md, "Products")."""
 
 MAX_LONG_POLL_SECONDS = 30.0
+
+KEEPALIVE_SECONDS = 30.0
+"""How long an idle connection stays in the pool."""
+
+TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
+"""What a request raises when it gets no HTTP answer (connection refused or reset, timeout)."""
 
 
 class BenchError(Exception):
@@ -45,73 +57,73 @@ class Target:
     token: str | None = None
     basic: tuple[str, str] | None = None
 
-    def client(self, connections: int, *, extra_read: float = 0.0) -> httpx.AsyncClient:
-        """An AsyncClient whose pool holds at most `connections` connections.
-
-        `extra_read` is added to the read timeout (for long polls, which the server may hold).
-        """
+    def session(self, connections: int) -> aiohttp.ClientSession:
+        """A ClientSession holding at most `connections` keep-alive connections; an async context
+        manager. Paths given to it are relative to `url` (no leading slash), and each request
+        times out after `timeout` seconds in all (long polls add the time they ask the server to
+        hold, see `follow_order`). Must be called with an event loop running."""
+        connections = max(1, connections)
         headers = {"Accept": "application/json", "User-Agent": "orderflow-bench"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        auth = httpx.BasicAuth(*self.basic) if self.basic else None
-        return httpx.AsyncClient(
-            base_url=self.url,
+        elif self.basic:
+            headers["Authorization"] = aiohttp.encode_basic_auth(*self.basic)  # UTF-8
+        connector = aiohttp.TCPConnector(
+            limit=connections,
+            limit_per_host=connections,
+            ttl_dns_cache=300,
+            keepalive_timeout=KEEPALIVE_SECONDS,
+        )
+        return aiohttp.ClientSession(
+            base_url=self.url.rstrip("/") + "/",
+            connector=connector,
             headers=headers,
-            auth=auth,
-            timeout=httpx.Timeout(self.timeout, read=self.timeout + extra_read),
-            limits=httpx.Limits(
-                max_connections=connections,
-                max_keepalive_connections=connections,
-                keepalive_expiry=30.0,
-            ),
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
             trust_env=False,
-            follow_redirects=False,
-            verify=self._ssl_context,
         )
 
-    def pool(self, size: int, *, extra_read: float = 0.0) -> ClientPool:
-        """A ClientPool of `size` connections (see the module docstring)."""
-        return ClientPool([self.client(1, extra_read=extra_read) for _ in range(max(1, size))])
 
-    @cached_property
-    def _ssl_context(self) -> ssl.SSLContext:
-        # one context for every client: building one per client costs ~20 ms each
-        return ssl.create_default_context()
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An HTTP answer, body read and connection released."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    payload: Any
+    """The body as JSON; None when it is empty or not JSON (see `is_json`)."""
+    is_json: bool
 
 
-class ClientPool:
-    """Single-connection clients leased first come, first served; an async context manager that
-    closes them all on exit."""
-
-    def __init__(self, clients: list[httpx.AsyncClient]) -> None:
-        self.clients = clients
-        self._idle: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
-        for client in clients:
-            self._idle.put_nowait(client)
-
-    @property
-    def size(self) -> int:
-        return len(self.clients)
-
-    @asynccontextmanager
-    async def lease(self) -> AsyncIterator[httpx.AsyncClient]:
-        """A client (one connection) for the duration of one request; waits while all are busy."""
-        client = await self._idle.get()
-        try:
-            yield client
-        finally:
-            self._idle.put_nowait(client)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await asyncio.gather(*(c.aclose() for c in self.clients), return_exceptions=True)
+async def fetch(
+    session: aiohttp.ClientSession,
+    method: str,
+    path: str,
+    *,
+    json: Any = None,
+    params: dict[str, Any] | None = None,
+    client_timeout: aiohttp.ClientTimeout | None = None,
+) -> Reply:
+    """One request; the body is always read (and parsed as JSON when it is JSON) before the
+    response is released. Raises TRANSPORT_ERRORS when there is no HTTP answer."""
+    options: dict[str, Any] = {"allow_redirects": False}
+    if json is not None:
+        options["json"] = json
+    if params is not None:
+        options["params"] = params
+    if client_timeout is not None:  # timeout=None would mean "no timeout at all" to aiohttp
+        options["timeout"] = client_timeout
+    async with session.request(method, path, **options) as response:
+        body = await response.read()
+        payload, is_json = None, False
+        if body.strip():
+            try:
+                payload = await response.json(content_type=None)
+            except ValueError:  # not JSON, or not text in its charset
+                payload = None
+            else:
+                is_json = True
+        return Reply(response.status, response.headers, body, payload, is_json)
 
 
 @dataclass(slots=True)
@@ -151,66 +163,67 @@ class OrderRecord:
         return self.status in FINAL_STATUSES
 
 
-def describe_response(response: httpx.Response) -> str:
+def describe_response(reply: Reply) -> str:
     """A short, single-line description of an error response for messages."""
-    try:
-        body = response.json()
-    except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:200]!r}"
+    if not reply.is_json:
+        return f"HTTP {reply.status}: {reply.body.decode(errors='replace')[:200]!r}"
+    body = reply.payload
     if isinstance(body, dict):
         parts = [str(body.get(k)) for k in ("error", "message") if body.get(k)]
         if parts:
-            return f"HTTP {response.status_code}: {' - '.join(parts)}"
-    return f"HTTP {response.status_code}: {str(body)[:200]}"
+            return f"HTTP {reply.status}: {' - '.join(parts)}"
+    return f"HTTP {reply.status}: {str(body)[:200]}"
 
 
-async def check_reachable(client: httpx.AsyncClient) -> None:
-    """GET /healthz; raises BenchError when the API does not answer 200."""
+async def check_reachable(session: aiohttp.ClientSession, url: str) -> None:
+    """GET /healthz; raises BenchError when the API at `url` does not answer 200."""
     try:
-        response = await client.get("/healthz")
-    except httpx.HTTPError as exc:
-        raise BenchError(f"the API at {client.base_url} is not reachable: {exc!r}") from exc
-    if response.status_code != 200:
-        raise BenchError(f"/healthz answered {describe_response(response)}")
+        reply = await fetch(session, "GET", "healthz")
+    except TRANSPORT_ERRORS as exc:
+        raise BenchError(f"the API at {url} is not reachable: {exc!r}") from exc
+    if reply.status != 200:
+        raise BenchError(f"/healthz answered {describe_response(reply)}")
 
 
-async def create_product(client: httpx.AsyncClient, name: str, price: float, stock: int) -> dict:
+async def create_product(session: aiohttp.ClientSession, name: str, price: float, stock: int) -> dict:
     """POST /products -> the created product; raises BenchError unless 201."""
-    response = await client.post("/products", json={"name": name, "price": price, "stock": stock})
-    if response.status_code != 201:
-        raise BenchError(f"creating a product failed: {describe_response(response)}")
-    body = response.json()
+    reply = await fetch(session, "POST", "products", json={"name": name, "price": price, "stock": stock})
+    if reply.status != 201:
+        raise BenchError(f"creating a product failed: {describe_response(reply)}")
+    body = reply.payload
     if not isinstance(body, dict) or not isinstance(body.get("id"), int):
         raise BenchError(f"unexpected product body: {str(body)[:200]}")
     return body
 
 
-async def get_product(client: httpx.AsyncClient, product_id: int) -> dict:
-    response = await client.get(f"/products/{product_id}")
-    if response.status_code != 200:
-        raise BenchError(f"reading product {product_id} failed: {describe_response(response)}")
-    return response.json()
+async def get_product(session: aiohttp.ClientSession, product_id: int) -> dict:
+    reply = await fetch(session, "GET", f"products/{product_id}")
+    if reply.status != 200:
+        raise BenchError(f"reading product {product_id} failed: {describe_response(reply)}")
+    if not isinstance(reply.payload, dict):
+        raise BenchError(f"unexpected product body: {describe_response(reply)}")
+    return reply.payload
 
 
-async def list_movements(client: httpx.AsyncClient, product_id: int) -> list[dict]:
+async def list_movements(session: aiohttp.ClientSession, product_id: int) -> list[dict]:
     """Every stock movement of a product, paging with limit/offset by `X-Total-Count`."""
     movements: list[dict] = []
     total: int | None = None
     offset = 0
     max_pages = 10_000  # a bound, whatever the server says
     for _ in range(max_pages):
-        response = await client.get(
-            f"/products/{product_id}/movements",
+        reply = await fetch(
+            session,
+            "GET",
+            f"products/{product_id}/movements",
             params={"limit": MOVEMENTS_PAGE, "offset": offset},
         )
-        if response.status_code != 200:
-            raise BenchError(
-                f"reading movements of product {product_id} failed: {describe_response(response)}"
-            )
-        page = response.json()
+        if reply.status != 200:
+            raise BenchError(f"reading movements of product {product_id} failed: {describe_response(reply)}")
+        page = reply.payload
         if not isinstance(page, list):
             raise BenchError(f"unexpected movements body: {str(page)[:200]}")
-        header = response.headers.get("X-Total-Count")
+        header = reply.headers.get("X-Total-Count")
         if header is not None and header.isdigit():
             total = int(header)
         movements.extend(page)
@@ -222,21 +235,21 @@ async def list_movements(client: httpx.AsyncClient, product_id: int) -> list[dic
     return movements
 
 
-async def submit_order(client: httpx.AsyncClient, record: OrderRecord) -> None:
+async def submit_order(session: aiohttp.ClientSession, record: OrderRecord) -> None:
     """POST /orders for `record` (one line); fills in the outcome of the request, never raises
     for HTTP errors or transport failures (they are counted)."""
     body = {"products": [{"product_id": record.product_id, "quantity": record.quantity}]}
     record.sent_at = time.perf_counter()
     try:
-        response = await client.post("/orders", json=body)
-    except httpx.HTTPError as exc:
+        reply = await fetch(session, "POST", "orders", json=body)
+    except TRANSPORT_ERRORS as exc:
         record.answered_at = None
         record.error = type(exc).__name__
         return
     record.answered_at = time.perf_counter()
-    record.http_status = response.status_code
-    payload = _json_or_none(response)
-    if response.status_code == 202 and isinstance(payload, dict):
+    record.http_status = reply.status
+    payload = reply.payload
+    if reply.status == 202 and isinstance(payload, dict):
         order_id = payload.get("id")
         if isinstance(order_id, int):
             record.order_id = order_id
@@ -245,37 +258,49 @@ async def submit_order(client: httpx.AsyncClient, record: OrderRecord) -> None:
         record.error = "bad_body"
         return
     code = payload.get("code") if isinstance(payload, dict) else None
-    record.error = str(code) if code else f"http_{response.status_code}"
+    record.error = str(code) if code else f"http_{reply.status}"
 
 
-async def follow_order(pool: ClientPool, record: OrderRecord, deadline: float, wait: float = 10.0) -> None:
+async def follow_order(
+    session: aiohttp.ClientSession,
+    record: OrderRecord,
+    deadline: float,
+    wait: float = 10.0,
+    slots: asyncio.Semaphore | None = None,
+) -> None:
     """Long-poll GET /orders/{id}?wait=N until the order is final or `deadline` (perf_counter
-    seconds) passes; each poll leases a client from `pool`. Transport errors are retried after a
-    short pause until the deadline."""
+    seconds) passes. Each poll may take the session's timeout plus the time it asks the server to
+    hold. With `slots`, each poll holds one while it runs (see `phases.open_model`). Transport
+    errors are retried after a short pause until the deadline."""
     if record.order_id is None:
         return
+    path = f"orders/{record.order_id}"
+    base_timeout = session.timeout.total
     while not record.is_final:
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             return
         hold = max(0.0, min(wait, MAX_LONG_POLL_SECONDS, remaining))
+        timeout = None if base_timeout is None else aiohttp.ClientTimeout(total=base_timeout + hold)
         try:
-            async with pool.lease() as client:
-                response = await client.get(f"/orders/{record.order_id}", params={"wait": round(hold, 3)})
-        except httpx.HTTPError as exc:
+            async with slots or nullcontext():
+                reply = await fetch(
+                    session, "GET", path, params={"wait": round(hold, 3)}, client_timeout=timeout
+                )
+        except TRANSPORT_ERRORS as exc:
             record.extra["poll_errors"] = record.extra.get("poll_errors", 0) + 1
             record.extra["last_poll_error"] = type(exc).__name__
             await _pause(0.2, deadline)
             continue
         seen = time.perf_counter()
-        payload = _json_or_none(response)
-        if response.status_code == 200 and isinstance(payload, dict):
+        payload = reply.payload
+        if reply.status == 200 and isinstance(payload, dict):
             _apply_order(record, payload, seen)
             if not record.is_final and hold < 0.05:
                 return  # the deadline is here
         else:
             record.extra["poll_errors"] = record.extra.get("poll_errors", 0) + 1
-            record.extra["last_poll_error"] = f"http_{response.status_code}"
+            record.extra["last_poll_error"] = f"http_{reply.status}"
             await _pause(0.2, deadline)
 
 
@@ -286,13 +311,6 @@ def _apply_order(record: OrderRecord, payload: dict, seen_at: float) -> None:
     if record.is_final and record.final_observed_at is None:
         record.final_observed_at = seen_at
         record.server_final_at = parse_timestamp(payload.get("updated_at"))
-
-
-def _json_or_none(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 async def _pause(seconds: float, deadline: float) -> None:

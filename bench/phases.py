@@ -124,10 +124,10 @@ async def setup_products(run: Run, count: int, stock: int, concurrency: int) -> 
     tag = f"{int(run.wall0)}-{run.rng.randrange(16**6):06x}"
     with run.progress() as progress:
         task = progress.add_task("setup: products", total=count)
-        async with run.target.client(min(concurrency, 16)) as client:
+        async with run.target.session(min(concurrency, 16)) as session:
 
             async def make(index: int) -> Product:
-                body = await create_product(client, f"bench {tag} #{index + 1}", PRODUCT_PRICE, stock)
+                body = await create_product(session, f"bench {tag} #{index + 1}", PRODUCT_PRICE, stock)
                 progress.advance(task)
                 return Product(id=body["id"], initial_stock=int(body.get("stock", stock)))
 
@@ -152,11 +152,10 @@ async def probe_order(run: Run, within: float, phase: str = "probe") -> OrderRec
     record = run.new_order(phase)
     record.intended_at = time.perf_counter()
     deadline = record.intended_at + within
-    async with run.target.pool(1, extra_read=LONG_POLL_SECONDS) as pool:
-        async with pool.lease() as client:
-            await submit_order(client, record)
+    async with run.target.session(1) as session:
+        await submit_order(session, record)
         if record.accepted:
-            await follow_order(pool, record, deadline, LONG_POLL_SECONDS)
+            await follow_order(session, record, deadline, LONG_POLL_SECONDS)
     if record.refused:
         return record  # out of stock already: nothing to prove, nothing to wait for
     if not record.accepted:
@@ -186,12 +185,11 @@ async def closed_loop(
 
     with run.progress() as progress:
         submit_task = progress.add_task(f"{phase}: submit (C={concurrency})", total=orders)
-        async with run.target.pool(concurrency) as pool:
+        async with run.target.session(concurrency) as session:
 
             async def submit(record: OrderRecord) -> None:
-                async with pool.lease() as client:
-                    record.intended_at = time.perf_counter()
-                    await submit_order(client, record)
+                record.intended_at = time.perf_counter()
+                await submit_order(session, record)
                 progress.advance(submit_task)
 
             submit_started = time.perf_counter()
@@ -267,10 +265,10 @@ async def follow_all(
     if not pending:
         return
     deadline = time.perf_counter() + within
-    async with run.target.pool(concurrency, extra_read=LONG_POLL_SECONDS) as pool:
+    async with run.target.session(concurrency) as session:
 
         async def follow(record: OrderRecord) -> None:
-            await follow_order(pool, record, deadline, LONG_POLL_SECONDS)
+            await follow_order(session, record, deadline, LONG_POLL_SECONDS)
             if progress is not None and task is not None:
                 progress.advance(task)
 
@@ -290,6 +288,11 @@ async def open_model(
     """A fixed arrival rate: order i is due at t0 + schedule[i] whatever happened to the previous
     ones, and every latency counts from that intended start (no coordinated omission). Each
     accepted order is then followed by long polls (`?wait=10`) to its final state.
+
+    Submits and polls have a session of `connections` connections each, so long polls never hold
+    up submits. A request first takes one of `connections` slots, then records its send time: a
+    wait for a free connection shows as send lag (as it counts in the latency), and it does not
+    eat into the request's timeout.
     """
     records = [run.new_order("open") for _ in schedule]
     duration = schedule[-1] + 1 / rate if schedule else 0.0
@@ -299,18 +302,20 @@ async def open_model(
         sent_task = progress.add_task(f"open: send at {rate:g}/s", total=len(records))
         done_task = progress.add_task("open: final", total=len(records))
         async with (
-            run.target.pool(connections) as submit_pool,
-            run.target.pool(connections, extra_read=LONG_POLL_SECONDS) as poll_pool,
+            run.target.session(connections) as submit_session,
+            run.target.session(connections) as poll_session,
         ):
+            submit_slots = asyncio.Semaphore(connections)
+            poll_slots = asyncio.Semaphore(connections)
             t0 = time.perf_counter() + 0.05
             deadline = t0 + duration + settle_timeout
 
             async def one(record: OrderRecord) -> None:
                 try:
-                    async with submit_pool.lease() as client:
-                        await submit_order(client, record)
+                    async with submit_slots:
+                        await submit_order(submit_session, record)
                     if record.accepted:
-                        await follow_order(poll_pool, record, deadline, LONG_POLL_SECONDS)
+                        await follow_order(poll_session, record, deadline, LONG_POLL_SECONDS, poll_slots)
                 finally:
                     progress.advance(done_task)
 
@@ -388,12 +393,12 @@ async def check_stock(run: Run, concurrency: int = 8) -> tuple[list[CheckResult]
             pending[r.product_id] = pending.get(r.product_id, 0) + 1
 
     semaphore = asyncio.Semaphore(concurrency)
-    async with run.target.client(concurrency) as client:
+    async with run.target.session(concurrency) as session:
 
         async def state_of(product: Product) -> ProductState:
             async with semaphore:
-                body = await get_product(client, product.id)
-                movements = await list_movements(client, product.id)
+                body = await get_product(session, product.id)
+                movements = await list_movements(session, product.id)
             return ProductState(
                 product_id=product.id,
                 initial_stock=product.initial_stock,
