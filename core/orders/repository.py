@@ -13,7 +13,12 @@ from core.orders.models import IdempotencyKey, Order, OrderLine, OrderStatus
 
 def get(session: Session, order_id: int, *, for_update: bool = False) -> Order | None:
     """The order with its lines loaded; `for_update` locks the order row (not the lines)."""
-    stmt = select(Order).where(Order.id == order_id).options(selectinload(Order.lines))
+    stmt = (
+        select(Order)
+        .where(Order.id == order_id)
+        .options(selectinload(Order.lines))
+        .execution_options(populate_existing=True)
+    )
     if for_update:
         stmt = stmt.with_for_update(of=Order)
     return session.execute(stmt).scalar_one_or_none()
@@ -52,19 +57,20 @@ _FINISH_PROCESSING = (
 
 def lock_status(session: Session, order_id: int) -> str | None:
     """Lock the order row (SELECT status ... FOR UPDATE); its status, or None when it is missing."""
-    return session.execute(_LOCK_STATUS, {"oid": order_id}).scalar_one_or_none()
+    return session.connection().execute(_LOCK_STATUS, {"oid": order_id}).scalar_one_or_none()
 
 
 def line_quantities(session: Session, order_id: int) -> list[tuple[int, int]]:
     """(product_id, quantity) of every line, in product-id order: the fixed lock order that rules
     out deadlocks between workers."""
-    return [(pid, qty) for pid, qty in session.execute(_LINE_QUANTITIES, {"oid": order_id})]
+    rows = session.connection().execute(_LINE_QUANTITIES, {"oid": order_id})
+    return [(pid, qty) for pid, qty in rows]
 
 
 def finish_processing(session: Session, order_id: int, status: str, error: dict | None, at: datetime) -> None:
     """Record the worker's outcome: status, error object, one more attempt, processed/updated at."""
     params = {"oid": order_id, "new_status": status, "new_error": error, "now": at}
-    session.execute(_FINISH_PROCESSING, params)
+    session.connection().execute(_FINISH_PROCESSING, params)
 
 
 def lock(session: Session, order_id: int) -> Order | None:
@@ -104,11 +110,12 @@ def insert_order(session: Session, order: Order) -> int:
     the intake's hot path) and set `order.id` and each line's `order_id`. `order` stays transient,
     a snapshot of what was stored. Returns the new id."""
     values = {name: getattr(order, name) for name in _ORDER_COLUMNS}
-    order.id = session.execute(insert(Order).values(values).returning(Order.id)).scalar_one()
+    conn = session.connection()
+    order.id = conn.execute(insert(Order).values(values).returning(Order.id)).scalar_one()
     for line in order.lines:
         line.order_id = order.id
     rows = [{name: getattr(line, name) for name in _LINE_COLUMNS} for line in order.lines]
-    session.execute(insert(OrderLine), rows)
+    conn.execute(insert(OrderLine), rows)
     return order.id
 
 

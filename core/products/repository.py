@@ -39,7 +39,7 @@ def snapshot_for_order(session: Session, product_ids: Sequence[int]) -> dict[int
     (the intake check and price snapshot of an order); missing or deleted ids are absent."""
     if not product_ids:
         return {}
-    rows = session.execute(_ORDER_SNAPSHOT, {"ids": list(product_ids)})
+    rows = session.connection().execute(_ORDER_SNAPSHOT, {"ids": list(product_ids)})
     return {row.id: row for row in rows}
 
 
@@ -117,7 +117,7 @@ def reserve_stock(session: Session, product_id: int, quantity: int) -> int | Non
     least `quantity`. One conditional UPDATE that also locks the row until the transaction ends.
     Returns the new stock, or None if any condition failed."""
     params = {"pid": product_id, "qty": quantity, "now": utcnow()}
-    return session.execute(_RESERVE_STOCK, params).scalar_one_or_none()
+    return session.connection().execute(_RESERVE_STOCK, params).scalar_one_or_none()
 
 
 def release_stock(session: Session, product_id: int, quantity: int) -> int:
@@ -158,7 +158,7 @@ def add_movement(
 def add_movements(session: Session, rows: list[dict]) -> None:
     """Insert ledger rows in one statement (`rows`: dicts of StockMovement columns)."""
     if rows:
-        session.execute(insert(StockMovement), rows)
+        session.connection().execute(insert(StockMovement), rows)
 
 
 def list_movements(
