@@ -23,8 +23,10 @@ os.environ["LOG_LEVEL"] = "WARNING"
 os.environ["ORDER_SWEEP_INTERVAL_SECONDS"] = "3600"  # sweeps are run by the tests themselves
 
 import asyncio  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from collections.abc import AsyncIterator, Iterator  # noqa: E402
@@ -39,6 +41,9 @@ from sqlalchemy import text  # noqa: E402
 from core.config import settings  # noqa: E402
 from core.db import get_sync_engine  # noqa: E402
 from workers.celery_app import ORDERS_QUEUE, ORDERS_QUEUE_KEY  # noqa: E402
+
+#: Worker subprocess logs of this run; removed at the end unless the run failed.
+LOG_DIR = Path(tempfile.mkdtemp(prefix=f"orderflow-tests-{RUN_ID}-"))
 
 TABLES = ["stock_movements", "idempotency_keys", "order_lines", "orders", "products"]
 
@@ -136,7 +141,7 @@ def start_worker_process(
     from workers.celery_app import app as celery_app
 
     name = f"test-{uuid.uuid4().hex[:8]}@localhost"
-    log_path = Path(f"/tmp/orderflow-test-worker-{name.split('@')[0]}.log")
+    log_path = LOG_DIR / f"worker-{name.split('@')[0]}.log"
     cmd = [
         sys.executable,
         "-m",
@@ -187,3 +192,10 @@ def celery_worker(database: None) -> Iterator[subprocess.Popen]:
     proc = start_worker_process()
     yield proc
     stop_worker_process(proc)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if exitstatus == 0:
+        shutil.rmtree(LOG_DIR, ignore_errors=True)
+    else:
+        print(f"\nworker logs of this run: {LOG_DIR}")

@@ -77,5 +77,7 @@ def test_embedded_default_runs_the_whole_order_flow(embedded_server):
 
         movements = http.get(f"/products/{pid}/movements").json()
         assert sum(m["delta"] for m in movements) == 3
-        assert http.get("/readyz").status_code == 200
+        ready = http.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"] == {"database": "ok", "redis": "in-memory"}
     assert (data_dir / "orderflow.sqlite3").exists()
