@@ -28,7 +28,7 @@ class Settings(BaseSettings):
         description="postgresql+psycopg://user:pass@host:5432/db; unset = embedded SQLite",
     )
     redis_url: str | None = Field(
-        default=None, description="redis://host:6379/0 (broker, locks, pub/sub); unset = in-memory"
+        default=None, description="redis://host:6379/0 (broker, order-event pub/sub); unset = in-memory"
     )
     data_dir: Path = Field(default=Path("./var"), description="Where the embedded SQLite file lives")
 

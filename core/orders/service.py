@@ -7,7 +7,8 @@ Rules come from CONTRACT.md, "Orders" and "Processing guarantees":
 * `reserve_order` runs in one transaction: it locks the order row, returns at once unless the order
   is still `pending` (so a redelivered task is harmless), then reserves every line with a conditional
   update in product-id order (no deadlocks), writing one stock movement per line. If any line fails,
-  the savepoint is rolled back (no stock is held) and the order is `rejected` with the reason.
+  the lines already reserved are undone (a savepoint for multi-line orders; a one-line order's failed
+  update changed nothing), so no stock is held, and the order is `rejected` with the reason.
 * Cancelling a `confirmed` order releases its stock, again in product-id order with ledger rows.
 
 Functions take a synchronous `Session` and never commit.
@@ -232,7 +233,7 @@ def mark_failed(session: Session, order_id: int, reason: str) -> str | None:
         order.error = {
             "code": "PROCESSING_FAILED",
             "error": "Processing failed",
-            "message": "The order could not be processed because of a temporary fault; "
+            "message": "The order could not be processed because of a technical fault; "
             "no stock was reserved. Please place it again.",
             "details": {"reason": reason},
         }
