@@ -113,30 +113,34 @@ async def get_order(
 ) -> JSONResponse:
     """The order. With `wait=N`, the answer comes as soon as the order leaves `pending`, or after N
     seconds. A pending order's response carries `Retry-After`."""
-    order = OrderRead.of(await session.run_sync(service.get_order, order_id))
-    if wait > 0 and order.status == OrderStatus.PENDING:
-        order = await _wait_for_outcome(session, order_id, min(wait, settings.order_max_wait_seconds))
-    return _order_response(order)
+    if wait <= 0:
+        return _order_response(OrderRead.of(await session.run_sync(service.get_order, order_id)))
+    return _order_response(
+        await _wait_for_outcome(session, order_id, min(wait, settings.order_max_wait_seconds))
+    )
 
 
 async def _wait_for_outcome(session: AsyncSession, order_id: int, wait: float) -> OrderRead:
-    """Re-read the order whenever a worker says it changed (or every RECHECK_SECONDS) until it
-    leaves `pending` or `wait` seconds pass. No transaction, connection or SQLite lock is held
-    while waiting."""
+    """Read the order, and while it is `pending` re-read it whenever a worker says it changed (or
+    every RECHECK_SECONDS), until it leaves `pending` or `wait` seconds pass. The notification is
+    watched before the first read, so a change between the read and the wait is not missed. No
+    transaction, connection or SQLite lock is held while waiting."""
     started = time.monotonic()
     deadline = started + wait
+    waited = False
     with hub.watch(order_id) as changed:
         while True:
-            await session.rollback()
             order = OrderRead.of(await session.run_sync(service.get_order, order_id))
             await session.rollback()
             remaining = deadline - time.monotonic()
             if order.status != OrderStatus.PENDING or remaining <= 0:
                 break
+            waited = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), min(remaining, RECHECK_SECONDS))
             changed.clear()
-    metrics.order_time_to_outcome.observe(time.monotonic() - started)
+    if waited:
+        metrics.order_time_to_outcome.observe(time.monotonic() - started)
     return order
 
 

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from core.orders.models import IdempotencyKey, Order, OrderLine, OrderStatus
 
@@ -16,12 +16,12 @@ def get(session: Session, order_id: int, *, for_update: bool = False) -> Order |
     stmt = (
         select(Order)
         .where(Order.id == order_id)
-        .options(selectinload(Order.lines))
+        .options(joinedload(Order.lines))
         .execution_options(populate_existing=True)
     )
     if for_update:
         stmt = stmt.with_for_update(of=Order)
-    return session.execute(stmt).scalar_one_or_none()
+    return session.execute(stmt).unique().scalar_one_or_none()
 
 
 # populate_existing: what a lock returns is the row as it is now, even if this session had read it.
