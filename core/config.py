@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     )
     broker_visibility_timeout_seconds: int = Field(default=600, ge=10)
     worker_prefetch_multiplier: int = Field(default=1, ge=1)
+    worker_send_task_events: bool = Field(
+        default=True, description="Task events for Flower (costs CPU per task; see README benchmark)"
+    )
     task_max_retries: int = Field(default=5, ge=0)
     task_retry_backoff_max_seconds: int = Field(default=30, ge=1)
     broker_publish_timeout_seconds: float = Field(default=2.0, gt=0)

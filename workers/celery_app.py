@@ -62,7 +62,7 @@ app.conf.update(
         "interval_step": 0.2,
         "interval_max": 0.5,
     },
-    worker_send_task_events=True,
+    worker_send_task_events=settings.worker_send_task_events,
     task_send_sent_event=False,
     worker_hijack_root_logger=False,
     timezone="UTC",
