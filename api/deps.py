@@ -1,12 +1,18 @@
-"""Request dependencies: the database session (committed at the edge), pagination."""
+"""Request dependencies: the database session (committed at the edge), the current user and the role
+guards (CONTRACT.md, "Users and authentication"), pagination."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.auth import MISSING_MESSAGE, authenticate, basic_scheme, bearer_scheme
+from core.errors import Forbidden, Unauthorized
+from core.users.security import Principal
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 
@@ -50,6 +56,41 @@ class Page:
 PageDep = Annotated[Page, Depends()]
 
 
-def actor_of(request: Request) -> str | None:
-    """Who is making the change, for the stock movement ledger (the user, once auth exists)."""
-    return getattr(request.state, "actor", None)
+async def optional_principal(
+    request: Request,
+    session: SessionDep,
+    _basic: Annotated[HTTPAuthorizationCredentials | None, Security(basic_scheme)],
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+) -> Principal | None:
+    """The authenticated user, or None when the request carries no `Authorization` header. Bad
+    credentials are a 401 even where they are optional."""
+    return await authenticate(request, session)
+
+
+async def current_principal(
+    principal: Annotated[Principal | None, Depends(optional_principal)],
+) -> Principal:
+    """The authenticated user; 401 `Unauthorized` when there are no credentials."""
+    if principal is None:
+        raise Unauthorized(MISSING_MESSAGE)
+    return principal
+
+
+def require_staff(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    """A manager or an admin; 403 `Forbidden` for a customer."""
+    if not principal.is_staff:
+        raise Forbidden("This action needs the manager or admin role.", {"role": principal.role.value})
+    return principal
+
+
+def require_admin(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    """An admin; 403 `Forbidden` for anyone else."""
+    if not principal.is_admin:
+        raise Forbidden("This action needs the admin role.", {"role": principal.role.value})
+    return principal
+
+
+OptionalUser = Annotated[Principal | None, Depends(optional_principal)]
+CurrentUser = Annotated[Principal, Depends(current_principal)]
+StaffUser = Annotated[Principal, Depends(require_staff)]
+AdminUser = Annotated[Principal, Depends(require_admin)]

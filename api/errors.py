@@ -44,7 +44,7 @@ def envelope(title: str, message: str, code: str, details: dict[str, Any] | None
 
 def error_response(exc: DomainError, headers: dict[str, str] | None = None) -> JSONResponse:
     if isinstance(exc, Unauthorized):
-        headers = {"WWW-Authenticate": 'Basic realm="orderflow"', **(headers or {})}
+        headers = {"WWW-Authenticate": exc.challenge, **(headers or {})}
     return JSONResponse(envelope(exc.title, exc.message, exc.code, exc.details), exc.status, headers=headers)
 
 

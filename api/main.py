@@ -14,15 +14,19 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from api.auth import Authenticator
 from api.dispatch import OrderDispatcher
 from api.errors import install_error_handlers
 from api.middleware import RequestContextMiddleware
 from api.openapi import drop_validation_422
-from api.routes import health, orders, products
+from api.routes import health, orders, products, users
 from api.waiters import OrderEventRelay
 from core.config import Settings, settings
 from core.db import make_async_engine, make_async_sessionmaker
 from core.logging import configure_logging
+from core.users import service as users_service
+from core.users.models import Role
+from core.users.schemas import check_password, check_username
 
 log = logging.getLogger("orderflow.api")
 
@@ -31,7 +35,49 @@ Queue-backed order processing. Orders are stored and answered **202**; a Celery 
 stock and moves the order to `confirmed` or `rejected`; poll `GET /orders/{id}?wait=N`.
 
 Every error uses one envelope: `{"error", "message", "code", "details", "request_id"}`.
+
+**Authentication**: every route except `POST /users`, `/healthz`, `/readyz` and these docs needs
+`Authorization: Basic base64(username:password)` or `Authorization: Bearer <token>` (a token from
+`POST /login`). Press **Authorize** to try the routes here with either.
 """
+
+
+class ConfigError(RuntimeError):
+    """A setting that stops the API from starting (the message says which and why)."""
+
+
+def check_settings(cfg: Settings) -> None:
+    """Raise `ConfigError` when the API must not start with these settings: a missing or short
+    `JWT_SECRET_KEY` outside the embedded default, or an unusable first admin."""
+    problems = cfg.check_auth_settings()
+    if cfg.first_admin_username is not None and cfg.first_admin_password is not None:
+        for check, value in (
+            (check_username, cfg.first_admin_username),
+            (check_password, cfg.first_admin_password),
+        ):
+            try:
+                check(value)
+            except ValueError as exc:
+                problems.append(f"FIRST_ADMIN: {exc}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+async def ensure_first_admin(app: FastAPI, cfg: Settings) -> None:
+    """Create the `FIRST_ADMIN_USERNAME` admin unless that username exists (CONTRACT.md, "Runtime").
+    Several API processes may run this at once: the insert is ON CONFLICT DO NOTHING."""
+    username, password = cfg.first_admin_username, cfg.first_admin_password
+    if username is None or password is None:
+        return
+    async with app.state.sessionmaker() as session:
+        if await session.run_sync(users_service.credentials_of, username) is not None:
+            return
+    password_hash = await app.state.auth.hash_password(password)
+    async with app.state.sessionmaker() as session:
+        created = await session.run_sync(users_service.ensure_user, username, password_hash, Role.ADMIN)
+        await session.commit()
+    if created:
+        log.info("first admin created", extra={"username": username})
 
 
 def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None = None) -> FastAPI:
@@ -41,6 +87,17 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            check_settings(cfg)
+        except ConfigError as exc:
+            log.error("refusing to start: %s", exc)
+            raise
+        if cfg.jwt_secret_key is None:
+            log.warning(
+                "JWT_SECRET_KEY is not set: this process signs tokens with a random key, so tokens "
+                "stop working when it restarts (set JWT_SECRET_KEY to keep them)"
+            )
+        app.state.auth = Authenticator(cfg)
         engine = make_async_engine(cfg)
         app.state.sessionmaker = make_async_sessionmaker(engine)
         # Safe methods read outside an explicit transaction on PostgreSQL: no BEGIN/COMMIT round
@@ -50,6 +107,7 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
             if engine.dialect.name == "postgresql"
             else app.state.sessionmaker
         )
+        await ensure_first_admin(app, cfg)
         app.state.dispatcher = OrderDispatcher()
         app.state.redis = aioredis.Redis.from_url(cfg.redis_url) if cfg.redis_url else None
         relay = OrderEventRelay(cfg.redis_url) if cfg.redis_url else None
@@ -80,6 +138,7 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
     )
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
+    app.include_router(users.router)
     app.include_router(products.router)
     app.include_router(orders.router)
     app.include_router(health.router)

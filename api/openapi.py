@@ -99,6 +99,29 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "CONFLICT",
         {"idempotency_key": "abc"},
     ),
+    "unauthorized": _ex(
+        "Unauthorized",
+        "Authentication required: send Basic credentials or a Bearer token.",
+        "UNAUTHORIZED",
+    ),
+    "wrong_password": _ex("Unauthorized", "The username or password is wrong.", "UNAUTHORIZED"),
+    "invalid_token": _ex("Unauthorized", "The access token has expired; log in again.", "UNAUTHORIZED"),
+    "forbidden": _ex(
+        "Forbidden", "This action needs the manager or admin role.", "FORBIDDEN", {"role": "customer"}
+    ),
+    "forbidden_role": _ex(
+        "Forbidden",
+        "Only an admin can create a user with the role 'manager'.",
+        "FORBIDDEN",
+        {"role": "manager"},
+    ),
+    "user_not_found": _ex(
+        "User not found", "The user with ID 3 does not exist.", "USER_NOT_FOUND", {"user_id": 3}
+    ),
+    "username_taken": _ex(
+        "Conflict", "The username 'alice' is already taken.", "CONFLICT", {"username": "alice"}
+    ),
+    "last_admin": _ex("Conflict", "The last admin cannot lose the admin role.", "CONFLICT", {"user_id": 1}),
     "internal": _ex(
         "Internal Server Error",
         "An unexpected error occurred, please try again later.",
@@ -107,11 +130,20 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
-def responses(**statuses: list[str]) -> dict[int | str, dict[str, Any]]:
+_AUTH_ERRORS: dict[str | None, dict[str, list[str]]] = {
+    None: {},
+    "user": {"_401": ["unauthorized", "wrong_password", "invalid_token"]},
+    "staff": {"_401": ["unauthorized", "wrong_password", "invalid_token"], "_403": ["forbidden"]},
+}
+
+
+def responses(auth: str | None = "user", **statuses: list[str]) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route: `responses(_400=["invalid_input"], _404=[...])`. A 400 with the
     `invalid_input` example (every route validates a body, a query or a path id: CONTRACT.md, "Core
-    API", 400 instead of 422) and a 500 are always added."""
+    API", 400 instead of 422) and a 500 are always added; `auth` adds the 401 of a protected route
+    (`"user"`, the default) and the 403 of a role guard (`"staff"`); `None` for public routes."""
     out: dict[int | str, dict[str, Any]] = {}
+    statuses = {**_AUTH_ERRORS[auth], **statuses}
     bad_request = statuses.get("_400", [])
     if "invalid_input" not in bad_request:
         statuses["_400"] = [*bad_request, "invalid_input"]

@@ -12,6 +12,7 @@ import ipaddress
 import math
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 
 from rich.console import Console
 
-from bench.client import BenchError, Target, check_reachable
+from bench.client import BenchError, Target, check_credentials, check_reachable, login
 from bench.phases import (
     Run,
     check_stock,
@@ -35,7 +36,7 @@ from bench.workers import CeleryWorker, stop_all_now
 
 DEFAULT_OUT = Path("bench/results/latest.json")
 MAX_OPEN_ORDERS = 500_000
-SECRET_OPTIONS = ("token", "basic")
+SECRET_OPTIONS = ("token", "basic", "login")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_OUT,
         help="JSON results; plot and worker logs go beside it (%(default)s)",
     )
+    add("--login", metavar="USER:PASS", help="get a token from POST /login and send it as Bearer")
     add("--token", help="send Authorization: Bearer TOKEN")
-    add("--basic", metavar="USER:PASS", help="send HTTP Basic credentials")
+    add("--basic", metavar="USER:PASS", help="send HTTP Basic credentials on every request")
     add("--timeout", type=float, default=30.0, help="seconds per HTTP request (%(default)s)")
     add(
         "--settle-timeout",
@@ -133,7 +135,10 @@ def validate(args: argparse.Namespace) -> tuple[Target, list[int]]:
         not (args.skip_closed and args.rate is None and not args.skip_open),
         "--skip-closed needs --rate (the default rate comes from the closed loop)",
     )
-    need(not (args.token and args.basic), "give --token or --basic, not both")
+    need(
+        sum(bool(x) for x in (args.token, args.basic, args.login)) <= 1,
+        "give one of --login, --token and --basic",
+    )
     if args.rate is not None and not args.skip_open:
         need(
             args.rate * args.duration <= MAX_OPEN_ORDERS,
@@ -149,10 +154,11 @@ def validate(args: argparse.Namespace) -> tuple[Target, list[int]]:
         )
 
     basic: tuple[str, str] | None = None
-    if args.basic:
-        user, sep, password = args.basic.partition(":")
-        need(bool(sep) and bool(user), "--basic must be USER:PASS")
-        basic = (user, password)
+    for option in ("basic", "login"):
+        if getattr(args, option):
+            user, sep, password = getattr(args, option).partition(":")
+            need(bool(sep) and bool(user), f"--{option} must be USER:PASS")
+            basic = (user, password)
 
     workers: list[int] = []
     if args.workers:
@@ -168,7 +174,9 @@ def validate(args: argparse.Namespace) -> tuple[Target, list[int]]:
             "--no-spawn-workers cannot sweep; give at most one --workers value (a label)",
         )
 
-    target = Target(url=args.url.rstrip("/"), timeout=args.timeout, token=args.token, basic=basic)
+    target = Target(
+        url=args.url.rstrip("/"), timeout=args.timeout, token=args.token, basic=basic, login=bool(args.login)
+    )
     return target, workers
 
 
@@ -220,7 +228,6 @@ async def run_benchmark(
 ) -> None:
     """All phases, in order, filling in `results` as they finish (so a failed run keeps what it
     measured)."""
-    run = Run(target=target, console=console, seed=args.seed)
     started = time.perf_counter()
     spawn = bool(worker_counts) and not args.no_spawn_workers
     if spawn:
@@ -228,6 +235,13 @@ async def run_benchmark(
 
     async with target.session(2) as session:
         await check_reachable(session, target.url)
+        if target.login and target.basic:
+            token = await login(session, *target.basic)
+            target = replace(target, token=token, basic=None, login=False)
+    async with target.session(2) as session:
+        await check_credentials(session)
+    run = Run(target=target, console=console, seed=args.seed)
+    results["auth"] = "bearer" if target.token else ("basic" if target.basic else "none")
     results["setup"] = await setup_products(run, args.products, args.stock, args.concurrency)
 
     if spawn:

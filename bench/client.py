@@ -56,6 +56,8 @@ class Target:
     timeout: float
     token: str | None = None
     basic: tuple[str, str] | None = None
+    login: bool = False
+    """Exchange `basic` for a token at `POST /login` before the run (then `token` is sent)."""
 
     def session(self, connections: int) -> aiohttp.ClientSession:
         """A ClientSession holding at most `connections` keep-alive connections; an async context
@@ -183,6 +185,32 @@ async def check_reachable(session: aiohttp.ClientSession, url: str) -> None:
         raise BenchError(f"the API at {url} is not reachable: {exc!r}") from exc
     if reply.status != 200:
         raise BenchError(f"/healthz answered {describe_response(reply)}")
+
+
+async def login(session: aiohttp.ClientSession, user: str, password: str) -> str:
+    """POST /login with Basic credentials -> the bearer token; raises BenchError unless 200."""
+    headers = {"Authorization": aiohttp.encode_basic_auth(user, password)}
+    async with session.post("login", headers=headers, allow_redirects=False) as response:
+        body = await response.read()
+        if response.status != 200:
+            raise BenchError(f"POST /login answered HTTP {response.status}: {body[:200]!r}")
+        payload = await response.json(content_type=None)
+    token = payload.get("access_token") if isinstance(payload, dict) else None
+    if not isinstance(token, str):
+        raise BenchError(f"unexpected /login body: {body[:200]!r}")
+    return token
+
+
+async def check_credentials(session: aiohttp.ClientSession) -> None:
+    """GET /products?limit=1 with the run's credentials; BenchError with a hint on 401/403."""
+    reply = await fetch(session, "GET", "products", params={"limit": 1})
+    if reply.status in (401, 403):
+        raise BenchError(
+            f"the API refused the credentials ({describe_response(reply)}); the run creates products, "
+            "so pass a manager's or an admin's: --login USER:PASS, --token TOKEN or --basic USER:PASS"
+        )
+    if reply.status != 200:
+        raise BenchError(f"GET /products answered {describe_response(reply)}")
 
 
 async def create_product(session: aiohttp.ClientSession, name: str, price: float, stock: int) -> dict:

@@ -1,4 +1,4 @@
-"""The `orderflow` command (typer): serve, worker, beat, migrate, demo, bench."""
+"""The `orderflow` command (typer): serve, worker, beat, migrate, create-user, demo, bench."""
 
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ def serve(
     """Run the API (and, on the embedded default, an in-process worker). Migrates first."""
     import uvicorn
 
+    problems = settings.check_auth_settings()
+    if problems:
+        console.print(f"[red]refusing to start[/]: {'; '.join(problems)}")
+        raise typer.Exit(2)
     if migrate_first:
         migrate()
     if workers > 1 and settings.redis_url is None:
@@ -73,6 +77,54 @@ def beat(ctx: typer.Context) -> None:
         console.print("[red]beat needs REDIS_URL; the embedded default sweeps in-process[/]")
         raise typer.Exit(2)
     _exec_celery(["beat", "--loglevel", settings.log_level, *ctx.args])
+
+
+@app.command("create-user")
+def create_user(
+    username: Annotated[str, typer.Argument(help="3-50 characters: letters, digits, '_', '.', '-'")],
+    role: Annotated[str, typer.Option(help="admin | manager | customer")] = "customer",
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+    exists_ok: Annotated[bool, typer.Option("--exists-ok", help="Exit 0 if the username exists")] = False,
+) -> None:
+    """Create a user (e.g. the first admin) unless the username exists, in any case. The password is
+    asked twice at a prompt, or read from stdin with --password-stdin; exit 1 if the user exists
+    (0 with --exists-ok), 2 for an invalid name, role or password."""
+    from core.db import session_scope
+    from core.users import service
+    from core.users.models import Role
+    from core.users.schemas import check_password, check_username
+    from core.users.security import hash_password
+
+    if role.lower() not in {r.value for r in Role}:
+        console.print(f"[red]Unknown role {role!r}: use admin, manager or customer.[/]")
+        raise typer.Exit(2)
+    wanted = Role(role.lower())
+    try:
+        check_username(username)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        check_password(password)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    migrate()
+    with session_scope() as session:
+        created = service.ensure_user(
+            session, username, hash_password(password, settings.bcrypt_rounds), wanted
+        )
+    if created:
+        console.print(f"[green]{wanted.value} {username!r} created[/]")
+        return
+    console.print(f"[yellow]a user named {username!r} already exists; nothing changed[/]")
+    raise typer.Exit(0 if exists_ok else 1)
 
 
 @app.command()

@@ -14,6 +14,9 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: Shortest JWT_SECRET_KEY accepted, in bytes (the HS256 output size).
+MIN_JWT_SECRET_BYTES = 32
+
 
 class Settings(BaseSettings):
     """Runtime configuration, read from the environment and an optional `.env` file.
@@ -32,10 +35,17 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path("./var"), description="Where the embedded SQLite file lives")
 
-    jwt_secret_key: str | None = None
-    jwt_expires_seconds: int = Field(default=1800, ge=60)
+    jwt_secret_key: str | None = Field(
+        default=None, description="HS256 signing key, at least 32 bytes; unset = random (embedded only)"
+    )
+    jwt_expires_seconds: int = Field(default=1800, ge=60, le=86_400 * 30)
     first_admin_username: str | None = None
     first_admin_password: str | None = None
+    bcrypt_rounds: int = Field(default=12, ge=4, le=16, description="bcrypt cost (log2 of rounds)")
+    auth_cache_seconds: float = Field(
+        default=300, ge=0, description="How long a verified Basic credential is remembered; 0 = off"
+    )
+    auth_cache_max_entries: int = Field(default=10_000, ge=1)
 
     store_rate_limit: str = "100/hour"
     store_require_auth: bool = False
@@ -68,7 +78,14 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     environment: str = Field(default="production", description="production | development | test")
 
-    @field_validator("database_url", "redis_url", "jwt_secret_key", mode="before")
+    @field_validator(
+        "database_url",
+        "redis_url",
+        "jwt_secret_key",
+        "first_admin_username",
+        "first_admin_password",
+        mode="before",
+    )
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -106,6 +123,22 @@ class Settings(BaseSettings):
     def effective_jwt_secret(self) -> str:
         """The JWT signing key; the embedded default makes a random one per process."""
         return self.jwt_secret_key or secrets.token_urlsafe(48)
+
+    def check_auth_settings(self) -> list[str]:
+        """Problems that must stop the API from starting (empty when there are none):
+
+        * outside the embedded default, `JWT_SECRET_KEY` must be set and at least 32 bytes long
+          (RFC 7518, section 3.2: an HS256 key at least as long as the hash output);
+        * `FIRST_ADMIN_USERNAME` and `FIRST_ADMIN_PASSWORD` are set together or not at all.
+        """
+        problems = []
+        if self.jwt_secret_key is None and not self.embedded:
+            problems.append("JWT_SECRET_KEY is not set (generate one: openssl rand -base64 48)")
+        elif self.jwt_secret_key is not None and len(self.jwt_secret_key.encode()) < MIN_JWT_SECRET_BYTES:
+            problems.append(f"JWT_SECRET_KEY is shorter than {MIN_JWT_SECRET_BYTES} bytes")
+        if (self.first_admin_username is None) != (self.first_admin_password is None):
+            problems.append("FIRST_ADMIN_USERNAME and FIRST_ADMIN_PASSWORD must be set together")
+        return problems
 
 
 settings = Settings()

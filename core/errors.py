@@ -116,9 +116,13 @@ class InvalidStatusTransition(DomainError):
 
 
 class Unauthorized(DomainError):
+    """No, unreadable or wrong credentials. `challenge` is the `WWW-Authenticate` value (RFC 9110,
+    section 11.6.1) the response carries."""
+
     status = 401
     code = "UNAUTHORIZED"
     title = "Unauthorized"
+    challenge: ClassVar[str] = 'Basic realm="orderflow"'
 
 
 class Forbidden(DomainError):

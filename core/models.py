@@ -2,6 +2,7 @@
 
 from core.orders.models import IdempotencyKey, Order, OrderLine, OrderStatus
 from core.products.models import MovementReason, Product, StockMovement
+from core.users.models import Role, User
 
 __all__ = [
     "IdempotencyKey",
@@ -10,5 +11,7 @@ __all__ = [
     "OrderLine",
     "OrderStatus",
     "Product",
+    "Role",
     "StockMovement",
+    "User",
 ]

@@ -21,6 +21,10 @@ os.environ["REDIS_URL"] = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:63
 os.environ["ENVIRONMENT"] = "test"
 os.environ["LOG_LEVEL"] = "WARNING"
 os.environ["ORDER_SWEEP_INTERVAL_SECONDS"] = "3600"  # sweeps are run by the tests themselves
+os.environ["JWT_SECRET_KEY"] = "test-secret-key-of-at-least-32-bytes-long"
+os.environ["BCRYPT_ROUNDS"] = "4"  # the cost is a setting; tests that measure it set their own
+for _name in ("FIRST_ADMIN_USERNAME", "FIRST_ADMIN_PASSWORD", "STORE_REQUIRE_AUTH"):
+    os.environ.pop(_name, None)
 
 import asyncio  # noqa: E402
 import shutil  # noqa: E402
@@ -29,7 +33,10 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
+from base64 import b64encode  # noqa: E402
 from collections.abc import AsyncIterator, Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from functools import cache  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import httpx  # noqa: E402
@@ -40,12 +47,18 @@ from sqlalchemy import text  # noqa: E402
 
 from core.config import settings  # noqa: E402
 from core.db import get_sync_engine  # noqa: E402
+from core.users.models import Role  # noqa: E402
+from core.users.security import Principal, hash_password, issue_token  # noqa: E402
 from workers.celery_app import ORDERS_QUEUE, ORDERS_QUEUE_KEY  # noqa: E402
 
 #: Worker subprocess logs of this run; removed at the end unless the run failed.
 LOG_DIR = Path(tempfile.mkdtemp(prefix=f"orderflow-tests-{RUN_ID}-"))
 
-TABLES = ["stock_movements", "idempotency_keys", "order_lines", "orders", "products"]
+TABLES = ["stock_movements", "idempotency_keys", "order_lines", "orders", "products", "users"]
+
+#: The admin every test starts with (id 1); the `client` fixture acts as this user.
+ADMIN_USERNAME = "admin"
+ADMIN_PASSWORD = "admin-password"
 
 
 def _require_services() -> None:
@@ -79,8 +92,67 @@ def clean_state(database: None) -> Iterator[None]:
     """Every test starts with empty tables and an empty Redis db."""
     with get_sync_engine().begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        conn.execute(
+            text(
+                "INSERT INTO users (username, password_hash, role, created_at, updated_at,"
+                " password_changed_at) VALUES (:u, :h, 'admin', now(), now(), now())"
+            ),
+            {"u": ADMIN_USERNAME, "h": _hash(ADMIN_PASSWORD)},
+        )
     _clear_redis()
     yield
+
+
+@cache
+def _hash(password: str) -> str:
+    return hash_password(password, settings.bcrypt_rounds)
+
+
+@dataclass(frozen=True)
+class TestUser:
+    """A user made for a test, with ready `Authorization` headers."""
+
+    id: int
+    username: str
+    password: str
+    role: Role
+
+    @property
+    def principal(self) -> Principal:
+        return Principal(self.id, self.username, self.role)
+
+    @property
+    def basic(self) -> dict[str, str]:
+        return basic_header(self.username, self.password)
+
+    @property
+    def bearer(self) -> dict[str, str]:
+        token = issue_token(self.principal, settings.effective_jwt_secret, settings.jwt_expires_seconds)
+        return {"Authorization": f"Bearer {token}"}
+
+
+ADMIN = TestUser(1, ADMIN_USERNAME, ADMIN_PASSWORD, Role.ADMIN)
+
+
+def basic_header(username: str, password: str) -> dict[str, str]:
+    raw = f"{username}:{password}".encode()
+    return {"Authorization": "Basic " + b64encode(raw).decode()}
+
+
+def make_user(
+    role: Role | str = Role.CUSTOMER, username: str | None = None, password: str = "password123"
+) -> TestUser:
+    """Insert a user directly (bcrypt at the test cost) and return it with its credentials."""
+    from core.db import session_scope
+    from core.users import service
+
+    role = Role(role)
+    name = username or f"{role.value}-{uuid.uuid4().hex[:8]}"
+    with session_scope() as session:
+        service.ensure_user(session, name, _hash(password), role)
+        found = service.credentials_of(session, name)
+    assert found is not None
+    return TestUser(found[0].id, found[0].username, password, role)
 
 
 def _clear_redis() -> None:
@@ -103,6 +175,17 @@ async def app() -> AsyncIterator[object]:
 
 @pytest.fixture
 async def client(app: object) -> AsyncIterator[httpx.AsyncClient]:
+    """A client acting as the seeded admin (Bearer token)."""
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://orderflow.test", headers=ADMIN.bearer
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+async def anon(app: object) -> AsyncIterator[httpx.AsyncClient]:
+    """A client with no credentials."""
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://orderflow.test") as c:
         yield c

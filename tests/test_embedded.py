@@ -24,8 +24,15 @@ def _free_port() -> int:
 @pytest.fixture
 def embedded_server(tmp_path: Path):
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
-    env.update({"DATA_DIR": str(tmp_path), "LOG_LEVEL": "WARNING"})
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "JWT_SECRET_KEY"}}
+    env.update(
+        {
+            "DATA_DIR": str(tmp_path),
+            "LOG_LEVEL": "WARNING",
+            "FIRST_ADMIN_USERNAME": "root",
+            "FIRST_ADMIN_PASSWORD": "embedded-admin-pw",
+        }
+    )
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "core.cli", "serve", "--port", str(port)],
@@ -52,6 +59,13 @@ def embedded_server(tmp_path: Path):
 def test_embedded_default_runs_the_whole_order_flow(embedded_server):
     base, data_dir = embedded_server
     with httpx.Client(base_url=base, timeout=15) as http:
+        # The first admin exists; the generated JWT key signs its token (and the log says so).
+        assert http.get("/products").status_code == 401
+        login = http.post("/login", auth=("root", "embedded-admin-pw"))
+        assert login.status_code == 200, login.text
+        http.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
+        assert "JWT_SECRET_KEY is not set" in (data_dir / "serve.log").read_text()
+
         product = http.post("/products", json={"name": "Product A", "price": 15.99, "stock": 5})
         assert product.status_code == 201
         pid = product.json()["id"]

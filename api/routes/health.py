@@ -11,6 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from api import metrics
+from api.deps import StaffUser
+from api.openapi import responses
 from core.orders import service as orders
 from core.orders.models import OrderStatus
 from workers.celery_app import ORDERS_QUEUE_KEY
@@ -58,8 +60,16 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def prometheus_metrics(request: Request) -> Response:
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (managers and admins)",
+    response_class=Response,
+    responses=responses("staff"),
+)
+async def prometheus_metrics(request: Request, _user: StaffUser) -> Response:
+    """Prometheus text format. Like every route but the health checks, it needs credentials
+    (CONTRACT.md, "Users and authentication"): give the scraper a manager account
+    (`basic_auth` in the Prometheus scrape config)."""
     try:
         async with request.app.state.sessionmaker() as session:
             counts = await session.run_sync(orders.counts_by_status)

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.concurrency import run_in_threadpool
 
 from api import metrics
-from api.deps import PageDep, SessionDep, actor_of
+from api.deps import CurrentUser, PageDep, SessionDep, StaffUser
 from api.openapi import responses
 from api.pagination import set_page_headers
 from api.waiters import RECHECK_SECONDS
@@ -66,12 +66,16 @@ async def create_order(
     body: OrderCreate,
     request: Request,
     session: SessionDep,
+    user: CurrentUser,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
-    """Check the order against current stock, store it `pending`, enqueue it, answer 202 with
-    `Location: /orders/{id}`. The worker's reservation decides; poll the order for the outcome."""
-    idem = service.IdempotencyRequest("anonymous", idempotency_key) if idempotency_key else None
-    placed = await session.run_sync(lambda s: service.place_order(s, body.merged_lines(), idempotency=idem))
+    """Check the order against current stock, store it `pending` under the caller's name, enqueue
+    it, answer 202 with `Location: /orders/{id}`. The worker's reservation decides; poll the order for
+    the outcome. Idempotency keys are per user: the same key from two users makes two orders."""
+    idem = service.IdempotencyRequest(f"user:{user.id}", idempotency_key) if idempotency_key else None
+    placed = await session.run_sync(
+        lambda s: service.place_order(s, body.merged_lines(), user_id=user.id, idempotency=idem)
+    )
     order = OrderRead.of(placed.order)
     await session.commit()
     headers = {"Location": f"/orders/{order.id}"}
@@ -89,14 +93,17 @@ async def list_orders(
     response: Response,
     session: SessionDep,
     page: PageDep,
+    user: CurrentUser,
     status_filter: Annotated[
         str | None, Query(alias="status", max_length=32, description="Any case, e.g. confirmed")
     ] = None,
 ) -> list[OrderRead]:
-    """Orders, newest first; `X-Total-Count` and `Link` paginate."""
+    """Orders, newest first: a customer's own, or every order for managers and admins.
+    `X-Total-Count` and `Link` paginate."""
     wanted = service.parse_status(status_filter).value if status_filter else None
+    owner = None if user.is_staff else user.id
     items, total = await session.run_sync(
-        lambda s: service.list_orders(s, status=wanted, limit=page.limit, offset=page.offset)
+        lambda s: service.list_orders(s, status=wanted, user_id=owner, limit=page.limit, offset=page.offset)
     )
     set_page_headers(request, response, total, page.limit, page.offset)
     return [OrderRead.of(o) for o in items]
@@ -106,21 +113,27 @@ async def list_orders(
 async def get_order(
     order_id: OrderId,
     session: SessionDep,
+    user: CurrentUser,
     wait: Annotated[
         float,
         Query(ge=0, le=30, description="Seconds (max 30) to hold the request while it is pending"),
     ] = 0,
 ) -> JSONResponse:
     """The order. With `wait=N`, the answer comes as soon as the order leaves `pending`, or after N
-    seconds. A pending order's response carries `Retry-After`."""
+    seconds. A pending order's response carries `Retry-After`. A customer sees only their own orders
+    (another user's order is 404, as if it did not exist)."""
+    owner = None if user.is_staff else user.id
     if wait <= 0:
-        return _order_response(OrderRead.of(await session.run_sync(service.get_order, order_id)))
+        order = await session.run_sync(lambda s: service.get_order(s, order_id, user_id=owner))
+        return _order_response(OrderRead.of(order))
     return _order_response(
-        await _wait_for_outcome(session, order_id, min(wait, settings.order_max_wait_seconds))
+        await _wait_for_outcome(session, order_id, min(wait, settings.order_max_wait_seconds), owner)
     )
 
 
-async def _wait_for_outcome(session: AsyncSession, order_id: int, wait: float) -> OrderRead:
+async def _wait_for_outcome(
+    session: AsyncSession, order_id: int, wait: float, owner: int | None
+) -> OrderRead:
     """Read the order, and while it is `pending` re-read it whenever a worker says it changed (or
     every RECHECK_SECONDS), until it leaves `pending` or `wait` seconds pass. The notification is
     watched before the first read, so a change between the read and the wait is not missed. No
@@ -130,7 +143,9 @@ async def _wait_for_outcome(session: AsyncSession, order_id: int, wait: float) -
     waited = False
     with hub.watch(order_id) as changed:
         while True:
-            order = OrderRead.of(await session.run_sync(service.get_order, order_id))
+            order = OrderRead.of(
+                await session.run_sync(lambda s: service.get_order(s, order_id, user_id=owner))
+            )
             await session.rollback()
             remaining = deadline - time.monotonic()
             if order.status != OrderStatus.PENDING or remaining <= 0:
@@ -147,15 +162,15 @@ async def _wait_for_outcome(session: AsyncSession, order_id: int, wait: float) -
 @router.put(
     "/{order_id}/status",
     response_model=OrderRead,
-    responses=responses(_400=["invalid_status"], _404=_404, _409=["invalid_transition"]),
+    responses=responses("staff", _400=["invalid_status"], _404=_404, _409=["invalid_transition"]),
 )
 async def set_order_status(
-    order_id: OrderId, body: OrderStatusUpdate, request: Request, session: SessionDep
+    order_id: OrderId, body: OrderStatusUpdate, session: SessionDep, user: StaffUser
 ) -> JSONResponse:
-    """`{"status": "Completed"}` completes a confirmed order; `Pending` on a pending order changes
-    nothing; other values -> 400 `Invalid status`; other moves -> 409."""
+    """`{"status": "Completed"}` completes a confirmed order (managers and admins); `Pending` on a
+    pending order changes nothing; other values -> 400 `Invalid status`; other moves -> 409."""
     order = await session.run_sync(
-        lambda s: service.set_status(s, order_id, body.status, actor=actor_of(request))
+        lambda s: service.set_status(s, order_id, body.status, actor=user.username)
     )
     result = OrderRead.of(order)
     await session.commit()
@@ -168,9 +183,13 @@ async def set_order_status(
     response_model=OrderRead,
     responses=responses(_404=_404, _409=["invalid_transition"]),
 )
-async def cancel_order(order_id: OrderId, request: Request, session: SessionDep) -> JSONResponse:
-    """Cancel a pending or confirmed order; a confirmed order's stock goes back to the shelf."""
-    order = await session.run_sync(lambda s: service.cancel_order(s, order_id, actor=actor_of(request)))
+async def cancel_order(order_id: OrderId, session: SessionDep, user: CurrentUser) -> JSONResponse:
+    """Cancel a pending or confirmed order; a confirmed order's stock goes back to the shelf.
+    Customers cancel their own orders (another user's order is 404); managers and admins any."""
+    owner = None if user.is_staff else user.id
+    order = await session.run_sync(
+        lambda s: service.cancel_order(s, order_id, user_id=owner, actor=user.username)
+    )
     result = OrderRead.of(order)
     await session.commit()
     await run_in_threadpool(publish_order_changed, order_id)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from api.deps import PageDep, SessionDep, actor_of
+from api.deps import CurrentUser, PageDep, SessionDep, StaffUser
 from api.openapi import responses
 from api.pagination import set_page_headers
 from core.products import service
@@ -30,14 +30,15 @@ _400 = ["invalid_input", "negative_stock"]
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ProductRead,
-    responses=responses(_400=_400),
+    responses=responses("staff", _400=_400),
     summary="Create a product",
 )
 async def create_product(
-    body: ProductCreate, request: Request, response: Response, session: SessionDep
+    body: ProductCreate, response: Response, session: SessionDep, user: StaffUser
 ) -> ProductRead:
-    """Create a product. Its opening stock is written to the ledger. 201 with `Location`."""
-    product = await session.run_sync(service.create_product, body, actor_of(request))
+    """Create a product (managers and admins). Its opening stock is written to the ledger. 201 with
+    `Location`."""
+    product = await session.run_sync(service.create_product, body, user.username)
     response.headers["Location"] = f"/products/{product.id}"
     return ProductRead.model_validate(product)
 
@@ -48,6 +49,7 @@ async def list_products(
     response: Response,
     session: SessionDep,
     page: PageDep,
+    _user: CurrentUser,
     q: Annotated[str | None, Query(max_length=200, description="Name contains (any case)")] = None,
     manager_id: Annotated[str | None, Query(max_length=64)] = None,
     discontinued: bool | None = None,
@@ -66,7 +68,7 @@ async def list_products(
     responses=responses(_400=["invalid_input"]),
 )
 async def below_requirement(
-    request: Request, response: Response, session: SessionDep, page: PageDep
+    request: Request, response: Response, session: SessionDep, page: PageDep, _user: CurrentUser
 ) -> list[ProductRead]:
     """Products whose stock is at or below their `low_stock_threshold`."""
     items, total = await session.run_sync(service.list_below_requirement, page.limit, page.offset)
@@ -75,34 +77,36 @@ async def below_requirement(
 
 
 @router.get("/{product_id}", response_model=ProductRead, responses=responses(_404=_404))
-async def get_product(product_id: ProductId, session: SessionDep) -> ProductRead:
+async def get_product(product_id: ProductId, session: SessionDep, _user: CurrentUser) -> ProductRead:
     product = await session.run_sync(service.get_product, product_id)
     return ProductRead.model_validate(product)
 
 
-async def _update(product_id: int, body: ProductUpdate, request: Request, session: SessionDep) -> ProductRead:
-    product = await session.run_sync(service.update_product, product_id, body, actor_of(request))
+async def _update(product_id: int, body: ProductUpdate, session: SessionDep, actor: str) -> ProductRead:
+    product = await session.run_sync(service.update_product, product_id, body, actor)
     return ProductRead.model_validate(product)
 
 
-@router.put("/{product_id}", response_model=ProductRead, responses=responses(_400=_400, _404=_404))
+@router.put("/{product_id}", response_model=ProductRead, responses=responses("staff", _400=_400, _404=_404))
 async def put_product(
-    product_id: ProductId, body: ProductUpdate, request: Request, session: SessionDep
+    product_id: ProductId, body: ProductUpdate, session: SessionDep, user: StaffUser
 ) -> ProductRead:
     """Update the given fields; a field not given keeps its value. A new `stock` is ledgered."""
-    return await _update(product_id, body, request, session)
+    return await _update(product_id, body, session, user.username)
 
 
-@router.patch("/{product_id}", response_model=ProductRead, responses=responses(_400=_400, _404=_404))
+@router.patch("/{product_id}", response_model=ProductRead, responses=responses("staff", _400=_400, _404=_404))
 async def patch_product(
-    product_id: ProductId, body: ProductUpdate, request: Request, session: SessionDep
+    product_id: ProductId, body: ProductUpdate, session: SessionDep, user: StaffUser
 ) -> ProductRead:
     """Same as PUT: update the given fields only."""
-    return await _update(product_id, body, request, session)
+    return await _update(product_id, body, session, user.username)
 
 
-@router.delete("/{product_id}", status_code=status.HTTP_204_NO_CONTENT, responses=responses(_404=_404))
-async def delete_product(product_id: ProductId, session: SessionDep) -> Response:
+@router.delete(
+    "/{product_id}", status_code=status.HTTP_204_NO_CONTENT, responses=responses("staff", _404=_404)
+)
+async def delete_product(product_id: ProductId, session: SessionDep, _user: StaffUser) -> Response:
     """Delete the product: 404 from then on; orders that referenced it keep their lines."""
     await session.run_sync(service.delete_product, product_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -111,38 +115,44 @@ async def delete_product(product_id: ProductId, session: SessionDep) -> Response
 @router.patch(
     "/increment/{product_id}",
     response_model=ProductRead,
-    responses=responses(_400=["invalid_input"], _404=_404),
+    responses=responses("staff", _400=["invalid_input"], _404=_404),
 )
 async def increment_stock(
-    product_id: ProductId, body: StockChange, request: Request, session: SessionDep
+    product_id: ProductId, body: StockChange, session: SessionDep, user: StaffUser
 ) -> ProductRead:
     """Add `quantity` units (aliases `amount`, `change`)."""
-    product = await session.run_sync(service.increment_stock, product_id, body.quantity, actor_of(request))
+    product = await session.run_sync(service.increment_stock, product_id, body.quantity, user.username)
     return ProductRead.model_validate(product)
 
 
 @router.patch(
     "/decrement/{product_id}",
     response_model=ProductRead,
-    responses=responses(_400=["insufficient_stock", "invalid_input"], _404=_404),
+    responses=responses("staff", _400=["insufficient_stock", "invalid_input"], _404=_404),
 )
 async def decrement_stock(
-    product_id: ProductId, body: StockChange, request: Request, session: SessionDep
+    product_id: ProductId, body: StockChange, session: SessionDep, user: StaffUser
 ) -> ProductRead:
     """Remove `quantity` units; past zero -> 400 `Insufficient stock`, stock unchanged."""
-    product = await session.run_sync(service.decrement_stock, product_id, body.quantity, actor_of(request))
+    product = await session.run_sync(service.decrement_stock, product_id, body.quantity, user.username)
     return ProductRead.model_validate(product)
 
 
 @router.get(
     "/{product_id}/movements",
     response_model=list[StockMovementRead],
-    responses=responses(_404=_404),
+    responses=responses("staff", _404=_404),
 )
 async def list_movements(
-    product_id: ProductId, request: Request, response: Response, session: SessionDep, page: PageDep
+    product_id: ProductId,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    page: PageDep,
+    _user: StaffUser,
 ) -> list[StockMovementRead]:
-    """The product's stock movement ledger, oldest first."""
+    """The product's stock movement ledger, oldest first (managers and admins: it names the orders
+    and the people behind every change)."""
     items, total = await session.run_sync(service.list_movements, product_id, page.limit, page.offset)
     set_page_headers(request, response, total, page.limit, page.offset)
     return [StockMovementRead.model_validate(m) for m in items]

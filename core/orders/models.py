@@ -20,6 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.db import Base, UTCDateTime, utcnow
+from core.users.models import User  # noqa: F401 - registers `users`, the target of orders.user_id
 
 
 class OrderStatus(StrEnum):
@@ -51,8 +52,8 @@ class Order(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     status: Mapped[str] = mapped_column(String(16), default=OrderStatus.PENDING.value)
-    # Filled by the users issue; nullable now, the foreign key comes with the users table.
-    user_id: Mapped[int | None] = mapped_column(Integer)
+    # Who placed it; null for orders placed outside the core API (the store API, the CLI).
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
     manager_id: Mapped[str | None] = mapped_column(String(64))
     customer: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     total_price: Mapped[Decimal] = mapped_column(Numeric(14, 2))

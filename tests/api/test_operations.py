@@ -11,7 +11,7 @@ from core.config import Settings, settings
 from core.db import session_scope
 from core.orders import service as orders
 from core.orders.models import OrderStatus
-from tests.conftest import create_product
+from tests.conftest import ADMIN, create_product
 
 UNREACHABLE_REDIS = "redis://127.0.0.1:6399/0"
 
@@ -43,7 +43,9 @@ async def test_readyz_is_503_when_redis_is_unreachable():
     application = create_app(cfg, start_embedded_worker=False)
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://orderflow.test") as c:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://orderflow.test", headers=ADMIN.bearer
+        ) as c:
             response = await c.get("/readyz")
             assert response.status_code == 503
             assert response.json() == {

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from core.db import get_sync_engine, session_scope
 from core.products.models import Product, StockMovement
-from tests.conftest import create_product
+from tests.conftest import ADMIN, create_product
 
 INVALID = "Invalid input"
 
@@ -244,7 +244,11 @@ async def test_write_is_committed_before_the_response_starts(app):
         "raw_path": b"/products",
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"host", b"orderflow.test")],
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"host", b"orderflow.test"),
+            (b"authorization", ADMIN.bearer["Authorization"].encode()),
+        ],
         "client": ("127.0.0.1", 1234),
         "server": ("orderflow.test", 80),
     }

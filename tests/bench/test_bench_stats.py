@@ -265,6 +265,9 @@ def test_worker_list_and_auth() -> None:
     target, workers = validate(parse("--workers", "1,2,4", "--basic", "ann:s3:cret"))
     assert workers == [1, 2, 4]
     assert target.basic == ("ann", "s3:cret")
+    assert not target.login
+    target, _ = validate(parse("--login", "ops:pw"))
+    assert (target.basic, target.login, target.token) == (("ops", "pw"), True, None)
 
 
 @pytest.mark.parametrize(
@@ -277,6 +280,8 @@ def test_worker_list_and_auth() -> None:
         ("--skip-closed",),
         ("--token", "t", "--basic", "a:b"),
         ("--basic", "nocolon"),
+        ("--login", "nocolon"),
+        ("--login", "a:b", "--token", "t"),
         ("--rate", "100000", "--duration", "3600"),
     ],
 )

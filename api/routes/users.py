@@ -1,0 +1,126 @@
+"""`/users` and `/login` (CONTRACT.md, "Users and authentication").
+
+Registration is open for customers; other roles need an admin. A user reads and updates themself;
+admins read, list and update everyone. Another user's id answers 404, as if it did not exist.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+
+from api.auth import Authenticator, parse_basic
+from api.deps import AdminUser, CurrentUser, OptionalUser, PageDep, SessionDep
+from api.openapi import responses
+from api.pagination import set_page_headers
+from core.errors import Unauthorized
+from core.users import service
+from core.users.models import Role
+from core.users.schemas import TokenRead, UserCreate, UserRead, UserUpdate
+
+router = APIRouter(tags=["users"])
+
+UserId = Annotated[int, Path(ge=1, le=2_147_483_647, description="User id")]
+
+
+def _auth(request: Request) -> Authenticator:
+    return request.app.state.auth
+
+
+@router.post(
+    "/users",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserRead,
+    responses=responses(_403=["forbidden_role"], _409=["username_taken"]),
+    summary="Register a user",
+    # Credentials are optional here: none registers a customer.
+    openapi_extra={"security": [{}, {"basicAuth": []}, {"bearerAuth": []}]},
+)
+async def create_user(
+    body: UserCreate, request: Request, response: Response, session: SessionDep, actor: OptionalUser
+) -> UserRead:
+    """Anyone may register a `customer` (no credentials needed); `manager` and `admin` accounts need
+    an admin's credentials (403 otherwise). Fields other than `username`, `password` and `role` are
+    refused (400). A username taken in any case -> 409. 201 with `Location`."""
+    service.check_may_grant(body.role, actor)
+    password_hash = await _auth(request).hash_password(body.password)
+    user = await session.run_sync(
+        lambda s: service.register_user(s, body.username, password_hash, body.role, actor=actor)
+    )
+    response.headers["Location"] = f"/users/{user.id}"
+    return UserRead.model_validate(user)
+
+
+@router.get("/users", response_model=list[UserRead], responses=responses(auth="staff"))
+async def list_users(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    page: PageDep,
+    _admin: AdminUser,
+    role: Annotated[Role | None, Query(description="Only users with this role")] = None,
+) -> list[UserRead]:
+    """Every user by id (admins only); `X-Total-Count` and `Link` paginate."""
+    items, total = await session.run_sync(
+        lambda s: service.list_users(
+            s, role=role.value if role else None, limit=page.limit, offset=page.offset
+        )
+    )
+    set_page_headers(request, response, total, page.limit, page.offset)
+    return [UserRead.model_validate(u) for u in items]
+
+
+@router.get("/users/{user_id}", response_model=UserRead, responses=responses(_404=["user_not_found"]))
+async def get_user(user_id: UserId, session: SessionDep, viewer: CurrentUser) -> UserRead:
+    """The user themself, or anyone for an admin; any other id -> 404 `User not found`."""
+    user = await session.run_sync(lambda s: service.get_user(s, user_id, viewer=viewer))
+    return UserRead.model_validate(user)
+
+
+@router.patch(
+    "/users/{user_id}",
+    response_model=UserRead,
+    responses=responses(_403=["forbidden"], _404=["user_not_found"], _409=["last_admin"]),
+    summary="Change a password or a role",
+)
+async def update_user(
+    user_id: UserId, body: UserUpdate, request: Request, session: SessionDep, actor: CurrentUser
+) -> UserRead:
+    """`{"password": "..."}` (the user or an admin) and/or `{"role": "manager"}` (admins). A new
+    password takes effect at once in every API process (cached Basic credentials stop matching);
+    bearer tokens already issued stay valid until they expire."""
+    auth = _auth(request)
+    # Answer 404/403 before paying for a bcrypt hash.
+    await session.run_sync(lambda s: service.check_may_update(s, user_id, actor=actor, role=body.role))
+    await session.rollback()  # no transaction held open while hashing
+    password_hash = await auth.hash_password(body.password) if body.password is not None else None
+    user = await session.run_sync(
+        lambda s: service.update_user(s, user_id, actor=actor, password_hash=password_hash, role=body.role)
+    )
+    result = UserRead.model_validate(user)
+    await session.commit()
+    auth.cache.forget(user_id)
+    return result
+
+
+@router.post(
+    "/login",
+    response_model=TokenRead,
+    responses=responses(auth=None, _401=["wrong_password", "unauthorized"]),
+    summary="Exchange Basic credentials for a bearer token",
+    openapi_extra={"security": [{"basicAuth": []}]},
+)
+async def login(request: Request, session: SessionDep) -> JSONResponse:
+    """Send `Authorization: Basic base64(username:password)`; get `{access_token, token_type:
+    "bearer", expires_in}` (seconds). Use it as `Authorization: Bearer <access_token>`."""
+    header = request.headers.get("authorization", "")
+    scheme, _, param = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        raise Unauthorized("Log in with Basic credentials: Authorization: Basic base64(username:password).")
+    auth = _auth(request)
+    principal = await auth.basic(session, *parse_basic(param))
+    body = TokenRead(access_token=auth.issue(principal), expires_in=auth.cfg.jwt_expires_seconds)
+    # RFC 6749, section 5.1: responses carrying tokens are not cached.
+    return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store", "Pragma": "no-cache"})

@@ -1,0 +1,82 @@
+"""SQL for users (STYLE.md rule 6). Usernames are matched without regard to case."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from core.db import utcnow
+from core.users.models import Role, User
+
+
+def get(session: Session, user_id: int) -> User | None:
+    return session.get(User, user_id)
+
+
+def get_by_username(session: Session, username: str) -> User | None:
+    """The user whose username equals `username` in any case (uses `uq_users_username_lower`)."""
+    stmt = select(User).where(func.lower(User.username) == username.lower())
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def insert_if_absent(session: Session, username: str, password_hash: str, role: Role) -> int | None:
+    """Insert a user; None when the username is taken (in any case).
+
+    `INSERT ... ON CONFLICT DO NOTHING` against the unique index on `lower(username)`: two requests
+    or two API processes inserting the same name at once get one row and one None, never an error.
+    """
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    now = utcnow()
+    stmt = (
+        insert(User)
+        .values(
+            username=username,
+            password_hash=password_hash,
+            role=role.value,
+            created_at=now,
+            updated_at=now,
+            password_changed_at=now,
+        )
+        .on_conflict_do_nothing()
+        .returning(User.id)
+    )
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def list_page(session: Session, *, role: str | None, limit: int, offset: int) -> tuple[list[User], int]:
+    """Users by id, and how many there are in all (with the same filter)."""
+    stmt = select(User)
+    count = select(func.count()).select_from(User)
+    if role is not None:
+        stmt = stmt.where(User.role == role)
+        count = count.where(User.role == role)
+    items = list(session.execute(stmt.order_by(User.id).limit(limit).offset(offset)).scalars())
+    return items, session.execute(count).scalar_one()
+
+
+def lock(session: Session, user_id: int) -> User | None:
+    """The user, locked for update (FOR UPDATE on PostgreSQL) and re-read from the database."""
+    stmt = select(User).where(User.id == user_id).with_for_update().execution_options(populate_existing=True)
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def lock_admins(session: Session) -> list[int]:
+    """Ids of every admin, locked, so that two demotions cannot both leave the last admin out."""
+    stmt = select(User.id).where(User.role == Role.ADMIN.value).order_by(User.id).with_for_update()
+    return list(session.execute(stmt).scalars())
+
+
+def set_fields(session: Session, user_id: int, **values: object) -> None:
+    session.execute(update(User).where(User.id == user_id).values(**values, updated_at=utcnow()))
+
+
+def credentials(session: Session, username: str) -> tuple[int, str, str, str] | None:
+    """`(id, username, role, password_hash)` of the user named `username` in any case, or None.
+    A column query (no ORM identity map): this runs on every request with Basic credentials."""
+    stmt = select(User.id, User.username, User.role, User.password_hash).where(
+        func.lower(User.username) == username.lower()
+    )
+    row = session.execute(stmt).first()
+    return None if row is None else (row[0], row[1], row[2], row[3])
