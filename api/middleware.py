@@ -85,6 +85,7 @@ class RequestContextMiddleware:
                         "status": status,
                         "duration_ms": round(elapsed * 1000, 2),
                         "client": (scope.get("client") or ("-",))[0],
+                        "user": _username(scope),
                     },
                 )
             request_id_var.reset(token)
@@ -95,6 +96,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+def _username(scope: Scope) -> str | None:
+    """The authenticated user (set on `request.state` by `api.auth.authenticate`), if any."""
+    principal = (scope.get("state") or {}).get("principal")
+    return getattr(principal, "username", None)
 
 
 def _route_template(scope: Scope) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -156,3 +158,14 @@ async def test_openapi_specific_examples(openapi):
     assert example_errors(paths["/orders/{order_id}"]["get"], "404") == ["Order not found"]
     assert "Conflict" in example_errors(paths["/orders"]["post"], "409")
     assert "503" in paths["/readyz"]["get"]["responses"]
+
+
+async def test_access_log_line_names_the_user(client, caplog):
+    caplog.set_level(logging.INFO, logger="orderflow.access")
+    response = await client.get("/products")
+    records = [r for r in caplog.records if r.name == "orderflow.access"]
+    assert records, "no access log line"
+    line = records[-1]
+    assert (line.method, line.path, line.status, line.user) == ("GET", "/products", 200, "admin")
+    assert line.request_id == response.headers["x-request-id"]
+    assert line.duration_ms >= 0
