@@ -17,10 +17,14 @@ declared in the OpenAPI document, so Swagger UI's Authorize button offers both.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import hashlib
+import hmac
 import logging
 import os
+import secrets
 from functools import cached_property
 
 import anyio
@@ -38,6 +42,7 @@ from core.users.security import (
     PasswordChecker,
     Principal,
     decode_token,
+    hash_cost,
     hash_password,
     issue_token,
 )
@@ -74,6 +79,8 @@ class Authenticator:
         # bcrypt is CPU-bound: at most one check per core at a time, so that a flood of wrong
         # passwords cannot take every thread of the pool that other blocking calls need.
         self._bcrypt_slots = anyio.CapacityLimiter(os.cpu_count() or 1)
+        self._flight_key = secrets.token_bytes(32)
+        self._in_flight: dict[bytes, asyncio.Future[bool]] = {}
 
     @cached_property
     def checker(self) -> PasswordChecker:
@@ -92,17 +99,61 @@ class Authenticator:
 
     async def basic(self, session: AsyncSession, username: str, password: str) -> Principal:
         """The principal whose credentials these are; `Unauthorized` otherwise (same message and,
-        within bcrypt's noise, the same time for an unknown user and a wrong password)."""
+        within bcrypt's noise, the same time for an unknown user and a wrong password).
+
+        A hash made with another cost than `BCRYPT_ROUNDS` is replaced after a successful check, so
+        that every stored hash ends up costing what the dummy hash costs."""
         found = await session.run_sync(service.credentials_of, username)
         if found is not None and self.cache.verified(found[0].id, found[1], password):
             return found[0]
         # No transaction (nor, on SQLite, the write lock) stays open during the slow check.
         await session.rollback()
-        if not await self.check_password(password, found[1] if found else None):
+        principal, password_hash = found if found is not None else (None, None)
+        if not await self._check_once(username, password, password_hash):
             raise Unauthorized(WRONG_MESSAGE)
-        assert found is not None
-        self.cache.remember(found[0].id, found[1], password)
-        return found[0]
+        assert principal is not None and password_hash is not None
+        self.cache.remember(principal.id, password_hash, password)
+        if hash_cost(password_hash) != self.cfg.bcrypt_rounds:
+            new_hash = await self.hash_password(password)
+            if await session.run_sync(service.replace_password_hash, principal.id, password_hash, new_hash):
+                self.cache.remember(principal.id, new_hash, password)
+        return principal
+
+    async def _check_once(self, username: str, password: str, password_hash: str | None) -> bool:
+        """bcrypt, once for identical attempts that overlap ("single flight"): a burst of requests
+        with the same username, password and stored hash waits for the first one's check instead of
+        queueing one check each. Wrong attempts are shared the same way, and are never cached."""
+        key = hmac.new(
+            self._flight_key,
+            b"\x00".join(
+                (
+                    username.lower().encode("utf-8", "surrogatepass"),
+                    (password_hash or "").encode(),
+                    password.encode("utf-8", "surrogatepass"),
+                )
+            ),
+            hashlib.sha256,
+        ).digest()
+        pending = self._in_flight.get(key)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not pending.cancelled() or (task is not None and task.cancelling()):
+                    raise
+            return await self.check_password(password, password_hash)  # the first caller went away
+        pending = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = pending
+        try:
+            result = await self.check_password(password, password_hash)
+        except BaseException:
+            pending.cancel()
+            raise
+        finally:
+            del self._in_flight[key]
+        pending.set_result(result)
+        return result
 
     def bearer(self, token: str) -> Principal:
         return decode_token(token, self.secret)

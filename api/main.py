@@ -135,6 +135,10 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # The public documentation is /docs and /openapi.json (CONTRACT.md); no ReDoc, and no OAuth2
+        # redirect page (the API has no OAuth2 flow).
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)

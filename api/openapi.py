@@ -109,6 +109,9 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "forbidden": _ex(
         "Forbidden", "This action needs the manager or admin role.", "FORBIDDEN", {"role": "customer"}
     ),
+    "forbidden_admin": _ex(
+        "Forbidden", "This action needs the admin role.", "FORBIDDEN", {"role": "manager"}
+    ),
     "forbidden_role": _ex(
         "Forbidden",
         "Only an admin can create a user with the role 'manager'.",
@@ -134,6 +137,7 @@ _AUTH_ERRORS: dict[str | None, dict[str, list[str]]] = {
     None: {},
     "user": {"_401": ["unauthorized", "wrong_password", "invalid_token"]},
     "staff": {"_401": ["unauthorized", "wrong_password", "invalid_token"], "_403": ["forbidden"]},
+    "admin": {"_401": ["unauthorized", "wrong_password", "invalid_token"], "_403": ["forbidden_admin"]},
 }
 
 
@@ -141,7 +145,8 @@ def responses(auth: str | None = "user", **statuses: list[str]) -> dict[int | st
     """`responses=` for a route: `responses(_400=["invalid_input"], _404=[...])`. A 400 with the
     `invalid_input` example (every route validates a body, a query or a path id: CONTRACT.md, "Core
     API", 400 instead of 422) and a 500 are always added; `auth` adds the 401 of a protected route
-    (`"user"`, the default) and the 403 of a role guard (`"staff"`); `None` for public routes."""
+    (`"user"`, the default) and the 403 of a role guard (`"staff"`, `"admin"`); `None` for public
+    routes."""
     out: dict[int | str, dict[str, Any]] = {}
     statuses = {**_AUTH_ERRORS[auth], **statuses}
     bad_request = statuses.get("_400", [])

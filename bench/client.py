@@ -202,15 +202,16 @@ async def login(session: aiohttp.ClientSession, user: str, password: str) -> str
 
 
 async def check_credentials(session: aiohttp.ClientSession) -> None:
-    """GET /products?limit=1 with the run's credentials; BenchError with a hint on 401/403."""
-    reply = await fetch(session, "GET", "products", params={"limit": 1})
+    """GET /metrics (managers and admins only, like creating products) with the run's credentials;
+    BenchError with a hint on 401/403."""
+    reply = await fetch(session, "GET", "metrics")
     if reply.status in (401, 403):
         raise BenchError(
             f"the API refused the credentials ({describe_response(reply)}); the run creates products, "
             "so pass a manager's or an admin's: --login USER:PASS, --token TOKEN or --basic USER:PASS"
         )
     if reply.status != 200:
-        raise BenchError(f"GET /products answered {describe_response(reply)}")
+        raise BenchError(f"GET /metrics answered {describe_response(reply)}")
 
 
 async def create_product(session: aiohttp.ClientSession, name: str, price: float, stock: int) -> dict:

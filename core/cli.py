@@ -138,12 +138,14 @@ def demo(
     created = load_demo_catalog(products)
     console.print(f"[green]{created} demo products loaded[/]")
     console.print(
-        "Next: start the API with `orderflow serve`, then\n"
-        "  curl -s localhost:8000/products?limit=5\n"
-        "  curl -s -X POST localhost:8000/orders -H 'content-type: application/json' "
-        '-d \'{"product_id": 1, "quantity": 2}\'\n'
-        "  curl -s 'localhost:8000/orders/1?wait=5'\n"
-        "  open http://localhost:8000/docs"
+        "Next: start the API with an admin, e.g.\n"
+        "  FIRST_ADMIN_USERNAME=admin FIRST_ADMIN_PASSWORD=change-me-please orderflow serve\n"
+        "then\n"
+        "  curl -s -u admin:change-me-please 'localhost:8000/products?limit=5'\n"
+        "  curl -s -u admin:change-me-please -X POST localhost:8000/orders "
+        "-H 'content-type: application/json' -d '{\"product_id\": 1, \"quantity\": 2}'\n"
+        "  curl -s -u admin:change-me-please 'localhost:8000/orders/1?wait=5'\n"
+        "  open http://localhost:8000/docs (Authorize: Basic or a token from POST /login)"
     )
 
 

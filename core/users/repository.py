@@ -80,3 +80,14 @@ def credentials(session: Session, username: str) -> tuple[int, str, str, str] | 
     )
     row = session.execute(stmt).first()
     return None if row is None else (row[0], row[1], row[2], row[3])
+
+
+def swap_password_hash(session: Session, user_id: int, old_hash: str, new_hash: str) -> bool:
+    """`UPDATE users SET password_hash = new WHERE id = ... AND password_hash = old`; True if a row
+    changed (a concurrent password change wins)."""
+    result = session.execute(
+        update(User)
+        .where(User.id == user_id, User.password_hash == old_hash)
+        .values(password_hash=new_hash, updated_at=utcnow())
+    )
+    return bool(result.rowcount)

@@ -8,9 +8,8 @@
   that password. A later request with the same password and the same stored hash is accepted by
   recomputing the HMAC and comparing in constant time. The stored hash is part of the message, so a
   password change (a new hash) invalidates every entry of that user in every process at once; the
-  process that changes it also drops the entry. Plain passwords are never stored, and the key never
-  leaves memory, so a memory dump of the cache gives nothing to brute-force offline faster than
-  bcrypt.
+  process that changes it also drops the entry. Plain passwords are never stored; the key lives only
+  in the process's memory (someone who can read that memory can also read passwords in flight).
 * Unknown usernames are checked against a dummy hash of the same cost, so an unknown user and a wrong
   password take the same time and get the same 401 (OWASP Authentication Cheat Sheet).
 * Tokens are JWTs (RFC 7519) signed with HS256 and `JWT_SECRET_KEY`; decoding pins the algorithm
@@ -65,6 +64,12 @@ class InvalidToken(Unauthorized):
 
 
 # --- passwords -----------------------------------------------------------------------------------
+
+
+def hash_cost(password_hash: str) -> int | None:
+    """The cost factor of a bcrypt hash (`$2b$12$...` -> 12); None when it is not a bcrypt hash."""
+    parts = password_hash.split("$")
+    return int(parts[2]) if len(parts) >= 4 and parts[2].isdigit() else None
 
 
 def hash_password(password: str, rounds: int) -> str:

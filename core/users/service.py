@@ -113,3 +113,9 @@ def credentials_of(session: Session, username: str) -> tuple[Principal, str] | N
         return None
     user_id, name, role, password_hash = row
     return Principal(id=user_id, username=name, role=Role(role)), password_hash
+
+
+def replace_password_hash(session: Session, user_id: int, old_hash: str, new_hash: str) -> bool:
+    """Store `new_hash` (the same password at the current bcrypt cost) unless the hash changed
+    meanwhile; True when it was stored. The password itself does not change."""
+    return repo.swap_password_hash(session, user_id, old_hash, new_hash)
