@@ -122,7 +122,10 @@ class Authenticator:
     async def _check_once(self, username: str, password: str, password_hash: str | None) -> bool:
         """bcrypt, once for identical attempts that overlap ("single flight"): a burst of requests
         with the same username, password and stored hash waits for the first one's check instead of
-        queueing one check each. Wrong attempts are shared the same way, and are never cached."""
+        queueing one check each. Wrong attempts are shared the same way, and are never cached.
+        With `AUTH_CACHE_SECONDS=0` every attempt runs its own check (no mitigation at all)."""
+        if self.cache.ttl <= 0:
+            return await self.check_password(password, password_hash)
         key = hmac.new(
             self._flight_key,
             b"\x00".join(

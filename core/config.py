@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     first_admin_password: str | None = None
     bcrypt_rounds: int = Field(default=12, ge=4, le=16, description="bcrypt cost (log2 of rounds)")
     auth_cache_seconds: float = Field(
-        default=300, ge=0, description="How long a verified Basic credential is remembered; 0 = off"
+        default=300,
+        ge=0,
+        description="How long a verified Basic credential is remembered; 0 = bcrypt on every request",
     )
     auth_cache_max_entries: int = Field(default=10_000, ge=1)
 

@@ -111,3 +111,12 @@ async def test_registering_with_admin_basic_credentials_from_the_cache_works():
         )
         assert created.status_code == 201, created.text
         assert created.json()["role"] == "manager"
+
+
+async def test_with_the_cache_off_every_attempt_pays_bcrypt():
+    user = make_user(Role.CUSTOMER)
+    async with client_of(auth_cache_seconds=0) as (application, c):
+        calls = count_checks(application)
+        answers = await asyncio.gather(*(c.get("/products", headers=user.basic) for _ in range(4)))
+        assert [r.status_code for r in answers] == [200] * 4
+        assert len(calls) == 4
