@@ -174,6 +174,8 @@ def parse_basic(param: str) -> tuple[str, str]:
     username, sep, password = decoded.partition(":")
     if not sep or not username:
         raise Unauthorized(MALFORMED_MESSAGE)
+    if "\x00" in decoded:  # no stored username or password has one (and PostgreSQL refuses NUL)
+        raise Unauthorized(WRONG_MESSAGE)
     return username, password
 
 

@@ -31,10 +31,21 @@ class OrderEventRelay:
         self._task = asyncio.create_task(self._run(), name="order-event-relay")
 
     async def stop(self) -> None:
-        if self._task is not None:
+        """Cancel the relay and wait for it. The cancellation is repeated: one that arrives while
+        redis-py is connecting can be swallowed by its `asyncio.wait_for` (Python 3.11), after which
+        the task would block in `listen()` and shutdown would wait forever."""
+        if self._task is None:
+            return
+        for _ in range(20):
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=0.25)
+            if done:
+                break
+        else:
+            log.warning("order event relay did not stop within 5 s; leaving it")
+            return
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            self._task.result()
 
     async def _run(self) -> None:
         delay = 0.5

@@ -1,0 +1,771 @@
+"""Authentication over HTTP: HTTP Basic, JWT bearer tokens, `POST /login`, the public routes, the
+OpenAPI security schemes, the verified-credential cache, timing of failed logins and the settings the
+API refuses to start with (CONTRACT.md, "Users and authentication" and the "Core API" error table).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import statistics
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import jwt
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from api.auth import MISSING_MESSAGE
+from api.main import ConfigError, check_settings, create_app
+from core.config import Settings, settings
+from core.db import get_sync_engine
+from core.users.models import Role
+from core.users.security import Principal, issue_token
+from tests.conftest import ADMIN, basic_header, create_product, make_user
+
+BASIC_CHALLENGE = 'Basic realm="orderflow"'
+BEARER_CHALLENGE = 'Bearer error="invalid_token"'
+BASE_URL = "http://orderflow.test"
+SECRET = settings.effective_jwt_secret
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def assert_401(response: httpx.Response, challenge: str = BASIC_CHALLENGE) -> dict:
+    """The contract's 401: envelope, request id and the exact `WWW-Authenticate` challenge."""
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"] == challenge
+    body = response.json()
+    assert body["error"] == "Unauthorized"
+    assert body["code"] == "UNAUTHORIZED"
+    assert isinstance(body["message"], str) and body["message"].strip()
+    assert body["request_id"] and body["request_id"] == response.headers["x-request-id"]
+    return body
+
+
+def b64url(data: bytes | dict) -> str:
+    if isinstance(data, dict):
+        data = json.dumps(data, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64url_decode(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def claims_of(principal: Principal, **overrides: object) -> dict:
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "sub": str(principal.id),
+        "username": principal.username,
+        "role": principal.role.value,
+        "iat": now,
+        "exp": now + 600,
+    }
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not ...}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def raw_basic(payload: bytes) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(payload).decode()}
+
+
+def http(application: FastAPI, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=application), base_url=BASE_URL, headers=headers or {}
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_app(**overrides: object) -> AsyncIterator[FastAPI]:
+    """A dedicated app (its own Authenticator, cache and bcrypt cost) with its lifespan running.
+
+    It runs without `REDIS_URL` (no order-event relay: these tests never long-poll), because an app
+    stopped while its relay is still connecting to Redis can hang on shutdown; that product bug has
+    its own test, `test_app_stops_promptly_right_after_a_quick_401`."""
+    overrides.setdefault("redis_url", None)
+    application = create_app(Settings(**overrides), start_embedded_worker=False)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+def count_bcrypt_checks(application: FastAPI) -> list[bool]:
+    """Instrument the app's bcrypt checker: every call appends whether a stored hash was given."""
+    checker = application.state.auth.checker
+    original = checker.check
+    calls: list[bool] = []
+
+    def counting(password: str, password_hash: str | None) -> bool:
+        calls.append(password_hash is not None)
+        return original(password, password_hash)
+
+    checker.check = counting
+    return calls
+
+
+def stored_hash(user_id: int) -> str:
+    with get_sync_engine().connect() as conn:
+        return conn.execute(
+            text("SELECT password_hash FROM users WHERE id = :id"), {"id": user_id}
+        ).scalar_one()
+
+
+# --- 401: Basic ----------------------------------------------------------------------------------
+
+
+async def test_missing_authorization_is_401_with_basic_challenge(anon):
+    body = assert_401(await anon.get("/products"))
+    assert body["message"] == MISSING_MESSAGE
+
+
+async def test_wrong_password_and_unknown_user_get_the_same_401(anon):
+    user = make_user(Role.CUSTOMER)
+    wrong = assert_401(await anon.get("/products", headers=basic_header(user.username, "not-the-password")))
+    unknown = assert_401(await anon.get("/products", headers=basic_header("nobody-here", "not-the-password")))
+    assert wrong["message"] == unknown["message"]
+    assert wrong["details"] == unknown["details"]
+    assert user.username not in wrong["message"]
+
+
+async def test_wrong_password_of_the_admin_is_401(anon):
+    assert_401(await anon.get("/products", headers=basic_header(ADMIN.username, ADMIN.password + "x")))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param("Basic !!!not-base64!!!", id="not-base64"),
+        pytest.param("Basic " + base64.b64encode(b"no-colon-here").decode(), id="no-colon"),
+        pytest.param("Basic " + base64.b64encode(b"\xff\xfe\xfd:\xff\xff").decode(), id="not-utf8"),
+        pytest.param("Basic " + base64.b64encode(b":password123").decode(), id="empty-username"),
+        pytest.param("Basic " + base64.b64encode(b"admin:admin-password")[:-3].decode(), id="truncated"),
+        pytest.param("Basic", id="no-credentials"),
+        pytest.param("Basic ", id="blank-credentials"),
+        pytest.param("Basic YWRtaW46YWRtaW4tcGFzc3dvcmQ=extra", id="trailing-garbage"),
+    ],
+)
+async def test_malformed_basic_is_401_not_500(anon, header):
+    assert_401(await anon.get("/products", headers={"Authorization": header}))
+
+
+async def test_non_ascii_bytes_in_the_basic_header_are_401(anon):
+    response = await anon.get("/products", headers={"Authorization": "Basic w6nDqcOp:abc".encode("latin-1")})
+    assert_401(response)
+    response = await anon.get("/products", headers={"Authorization": b"Basic \xe9\xe9\xe9"})
+    assert_401(response)
+
+
+async def test_nul_byte_in_the_basic_username_is_401_not_500(anon):
+    assert_401(await anon.get("/products", headers=raw_basic(b"ad\x00min:admin-password")))
+
+
+async def test_nul_byte_in_the_basic_password_is_401_not_500(anon):
+    assert_401(await anon.get("/products", headers=raw_basic(b"admin:admin-\x00password")))
+    assert_401(await anon.get("/products", headers=raw_basic(b"nobody-here:pass\x00word")))
+
+
+async def test_very_long_basic_credentials_are_401(anon):
+    assert_401(await anon.get("/products", headers=basic_header("u" * 2000, "p" * 2000)))
+    assert_401(await anon.get("/products", headers=basic_header(ADMIN.username, "p" * 200)))
+
+
+@pytest.mark.parametrize("header", ["Digest x", "Token abc", "NTLM TlRMTVNTUAAB", "Negotiate", "Basicfoo"])
+async def test_unsupported_scheme_is_401(anon, header):
+    assert_401(await anon.get("/products", headers={"Authorization": header}))
+
+
+async def test_basic_scheme_name_is_case_insensitive(anon):
+    token = base64.b64encode(f"{ADMIN.username}:{ADMIN.password}".encode()).decode()
+    response = await anon.get("/products", headers={"Authorization": f"basic {token}"})
+    assert response.status_code == 200, response.text
+
+
+# --- 401: Bearer ---------------------------------------------------------------------------------
+
+
+def tampered_payload(token: str) -> str:
+    """The token with its payload re-encoded to claim the admin role, the signature kept."""
+    header, payload, signature = token.split(".")
+    claims = json.loads(b64url_decode(payload))
+    claims["role"] = "admin"
+    return f"{header}.{b64url(claims)}.{signature}"
+
+
+def tampered_signature(token: str) -> str:
+    """The token with one character in the middle of its signature changed (not the last one,
+    whose low bits are base64 padding)."""
+    header, payload, signature = token.split(".")
+    i = len(signature) // 2
+    swapped = "A" if signature[i] != "A" else "B"
+    return f"{header}.{payload}.{signature[:i]}{swapped}{signature[i + 1 :]}"
+
+
+def tampered_payload_char(token: str) -> str:
+    header, payload, signature = token.split(".")
+    i = len(payload) // 2
+    swapped = "A" if payload[i] != "A" else "B"
+    return f"{header}.{payload[:i]}{swapped}{payload[i + 1 :]}.{signature}"
+
+
+def bad_tokens() -> list:
+    """(id, builder(principal) -> token) of tokens that must all be refused."""
+    return [
+        pytest.param(lambda p: tampered_payload(issue_token(p, SECRET, 600)), id="payload-role-changed"),
+        pytest.param(lambda p: tampered_payload_char(issue_token(p, SECRET, 600)), id="payload-char-changed"),
+        pytest.param(lambda p: tampered_signature(issue_token(p, SECRET, 600)), id="signature-char-changed"),
+        pytest.param(
+            lambda p: ".".join(issue_token(p, SECRET, 600).split(".")[:2]) + ".", id="signature-removed"
+        ),
+        pytest.param(
+            lambda p: issue_token(p, SECRET, 1800, now=datetime.now(UTC) - timedelta(hours=2)),
+            id="expired",
+        ),
+        pytest.param(
+            lambda p: f"{b64url({'alg': 'none', 'typ': 'JWT'})}.{b64url(claims_of(p))}.",
+            id="alg-none-by-hand",
+        ),
+        pytest.param(
+            lambda p: f"{b64url({'alg': 'None', 'typ': 'JWT'})}.{b64url(claims_of(p))}.",
+            id="alg-None-by-hand",
+        ),
+        pytest.param(lambda p: jwt.encode(claims_of(p), None, algorithm="none"), id="alg-none-pyjwt"),
+        pytest.param(
+            lambda p: jwt.encode(claims_of(p), "another-secret-that-is-32-bytes-long!!", algorithm="HS256"),
+            id="wrong-secret",
+        ),
+        pytest.param(lambda p: jwt.encode(claims_of(p), SECRET, algorithm="HS512"), id="hs512"),
+        pytest.param(lambda p: jwt.encode(claims_of(p), SECRET, algorithm="HS384"), id="hs384"),
+        pytest.param(
+            lambda p: (
+                f"{b64url({'alg': 'RS256', 'typ': 'JWT'})}."
+                + jwt.encode(claims_of(p), SECRET, algorithm="HS256").split(".", 1)[1]
+            ),
+            id="header-alg-rs256",
+        ),
+        pytest.param(lambda p: jwt.encode(claims_of(p, exp=...), SECRET, algorithm="HS256"), id="no-exp"),
+        pytest.param(lambda p: jwt.encode(claims_of(p, iat=...), SECRET, algorithm="HS256"), id="no-iat"),
+        pytest.param(lambda p: jwt.encode(claims_of(p, sub=...), SECRET, algorithm="HS256"), id="no-sub"),
+        pytest.param(
+            lambda p: jwt.encode(claims_of(p, sub="abc"), SECRET, algorithm="HS256"), id="sub-not-int"
+        ),
+        pytest.param(
+            lambda p: jwt.encode(claims_of(p, sub="1.5"), SECRET, algorithm="HS256"), id="sub-float"
+        ),
+        pytest.param(
+            lambda p: jwt.encode(claims_of(p, sub=p.id), SECRET, algorithm="HS256"), id="sub-not-string"
+        ),
+        pytest.param(
+            lambda p: jwt.encode(claims_of(p, role="superuser"), SECRET, algorithm="HS256"), id="unknown-role"
+        ),
+        pytest.param(
+            lambda p: jwt.encode(claims_of(p, role=None), SECRET, algorithm="HS256"), id="null-role"
+        ),
+        pytest.param(
+            lambda p: jwt.encode(claims_of(p, username=...), SECRET, algorithm="HS256"), id="no-username"
+        ),
+        pytest.param(
+            lambda p: jwt.encode(claims_of(p, exp="tomorrow"), SECRET, algorithm="HS256"),
+            id="exp-not-a-number",
+        ),
+        pytest.param(lambda p: "not-a-jwt", id="garbage"),
+        pytest.param(lambda p: "a.b.c", id="three-garbage-parts"),
+        pytest.param(lambda p: issue_token(p, SECRET, 600) + "x", id="trailing-char"),
+    ]
+
+
+@pytest.mark.parametrize("build", bad_tokens())
+async def test_bad_bearer_token_is_401_invalid_token(anon, build):
+    user = make_user(Role.CUSTOMER)
+    token = build(user.principal)
+    assert_401(await anon.get("/products", headers=bearer(token)), BEARER_CHALLENGE)
+
+
+async def test_expired_token_message_says_it_expired(anon):
+    token = issue_token(ADMIN.principal, SECRET, 1800, now=datetime.now(UTC) - timedelta(hours=2))
+    body = assert_401(await anon.get("/products", headers=bearer(token)), BEARER_CHALLENGE)
+    assert "expired" in body["message"].lower()
+
+
+@pytest.mark.parametrize("header", ["Bearer", "Bearer ", "Bearer    ", "bearer"])
+async def test_empty_bearer_is_401_invalid_token(anon, header):
+    assert_401(await anon.get("/products", headers={"Authorization": header}), BEARER_CHALLENGE)
+
+
+async def test_valid_bearer_token_is_accepted_and_scheme_is_case_insensitive(anon):
+    token = issue_token(ADMIN.principal, SECRET, 600)
+    assert (await anon.get("/products", headers=bearer(token))).status_code == 200
+    assert (await anon.get("/products", headers={"Authorization": f"bearer {token}"})).status_code == 200
+
+
+async def test_a_token_of_the_seeded_secret_is_not_valid_on_an_app_with_another_secret():
+    token = issue_token(ADMIN.principal, SECRET, 600)
+    async with (
+        running_app(jwt_secret_key="a-completely-different-secret-of-32+bytes") as application,
+        http(application, bearer(token)) as c,
+    ):
+        assert_401(await c.get("/products"), BEARER_CHALLENGE)
+
+
+# --- POST /login ---------------------------------------------------------------------------------
+
+
+async def test_login_returns_a_bearer_token(anon):
+    before = int(time.time())
+    response = await anon.post("/login", headers=ADMIN.basic)
+    assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert set(body) == {"access_token", "token_type", "expires_in"}
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == settings.jwt_expires_seconds
+    assert jwt.get_unverified_header(body["access_token"])["alg"] == "HS256"
+    claims = jwt.decode(body["access_token"], settings.effective_jwt_secret, algorithms=["HS256"])
+    assert claims["sub"] == str(ADMIN.id)
+    assert claims["username"] == ADMIN.username
+    assert claims["role"] == "admin"
+    assert before - 2 <= claims["iat"] <= int(time.time()) + 2
+    assert claims["exp"] - claims["iat"] == body["expires_in"]
+
+    products = await anon.get("/products", headers=bearer(body["access_token"]))
+    assert products.status_code == 200, products.text
+
+
+async def test_login_token_of_a_customer_carries_the_customer_role(anon):
+    user = make_user(Role.CUSTOMER)
+    response = await anon.post("/login", headers=user.basic)
+    assert response.status_code == 200, response.text
+    claims = jwt.decode(response.json()["access_token"], SECRET, algorithms=["HS256"])
+    assert (claims["sub"], claims["username"], claims["role"]) == (str(user.id), user.username, "customer")
+    # The token carries the customer's role: writing products is still forbidden.
+    forbidden = await anon.post(
+        "/products",
+        json={"name": "X", "price": 1, "stock": 1},
+        headers=bearer(response.json()["access_token"]),
+    )
+    assert forbidden.status_code == 403
+
+
+async def test_login_with_wrong_password_or_unknown_user_is_401(anon):
+    wrong = assert_401(await anon.post("/login", headers=basic_header(ADMIN.username, "wrong-password")))
+    unknown = assert_401(await anon.post("/login", headers=basic_header("nobody-at-all", "wrong-password")))
+    assert wrong["message"] == unknown["message"]
+
+
+async def test_login_with_a_bearer_header_is_401(anon):
+    assert_401(await anon.post("/login", headers=ADMIN.bearer))
+
+
+async def test_login_without_a_header_is_401(anon):
+    assert_401(await anon.post("/login"))
+
+
+async def test_login_with_malformed_basic_is_401(anon):
+    assert_401(await anon.post("/login", headers={"Authorization": "Basic ???"}))
+    assert_401(await anon.post("/login", headers={"Authorization": "Digest x"}))
+
+
+async def test_login_is_case_insensitive_on_the_username(anon):
+    response = await anon.post("/login", headers=basic_header("ADMIN", ADMIN.password))
+    assert response.status_code == 200, response.text
+    claims = jwt.decode(response.json()["access_token"], SECRET, algorithms=["HS256"])
+    assert claims["username"] == "admin"
+    assert claims["sub"] == str(ADMIN.id)
+
+
+async def test_login_password_is_case_sensitive(anon):
+    assert_401(await anon.post("/login", headers=basic_header(ADMIN.username, ADMIN.password.upper())))
+
+
+async def test_a_password_containing_colons_works(anon):
+    created = await anon.post("/users", json={"username": "colon-user", "password": "pa:ss:word:1"})
+    assert created.status_code == 201, created.text
+    assert (await anon.post("/login", headers=basic_header("colon-user", "pa:ss:word:1"))).status_code == 200
+
+
+# --- Basic on protected routes, public routes ----------------------------------------------------
+
+
+async def test_basic_works_on_protected_routes(client, anon):
+    product = await create_product(client, stock=5)
+    user = make_user(Role.CUSTOMER)
+    listed = await anon.get("/products", headers=user.basic)
+    assert listed.status_code == 200
+    assert [p["id"] for p in listed.json()] == [product["id"]]
+    order = await anon.post("/orders", json={"product_id": product["id"], "quantity": 1}, headers=user.basic)
+    assert order.status_code == 202, order.text
+    assert order.json()["user_id"] == user.id
+    created = await anon.post("/products", json={"name": "B", "price": 1, "stock": 1}, headers=ADMIN.basic)
+    assert created.status_code == 201, created.text
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/openapi.json", "/docs"])
+async def test_public_routes_need_no_credentials(anon, path):
+    response = await anon.get(path)
+    assert response.status_code == 200, response.text
+    assert "www-authenticate" not in response.headers
+
+
+async def test_registration_of_a_customer_needs_no_credentials(anon):
+    response = await anon.post("/users", json={"username": "public-reg", "password": "password123"})
+    assert response.status_code == 201, response.text
+    assert response.json()["role"] == "customer"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/products"),
+        ("GET", "/products/1"),
+        ("GET", "/products/below_requirement"),
+        ("POST", "/products"),
+        ("GET", "/orders"),
+        ("POST", "/orders"),
+        ("GET", "/orders/1"),
+        ("POST", "/orders/1/cancel"),
+        ("PUT", "/orders/1/status"),
+        ("GET", "/users"),
+        ("GET", "/users/1"),
+        ("PATCH", "/users/1"),
+        ("GET", "/metrics"),
+    ],
+)
+async def test_every_protected_route_is_401_without_credentials(anon, method, path):
+    assert_401(await anon.request(method, path, json={}))
+
+
+# --- OpenAPI -------------------------------------------------------------------------------------
+
+
+async def test_openapi_declares_basic_and_bearer_schemes(anon):
+    doc = (await anon.get("/openapi.json")).json()
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["basicAuth"]["type"] == "http"
+    assert schemes["basicAuth"]["scheme"] == "basic"
+    assert schemes["bearerAuth"]["type"] == "http"
+    assert schemes["bearerAuth"]["scheme"] == "bearer"
+    assert schemes["bearerAuth"]["bearerFormat"] == "JWT"
+
+    paths = doc["paths"]
+    for path, method in (("/products", "get"), ("/orders", "post"), ("/users", "get"), ("/metrics", "get")):
+        security = paths[path][method]["security"]
+        assert {"basicAuth": []} in security, (path, method)
+        assert {"bearerAuth": []} in security, (path, method)
+        assert {} not in security, (path, method)
+    for path in ("/healthz", "/readyz"):
+        assert not paths[path]["get"].get("security"), path
+    # Registration: credentials optional.
+    assert {} in paths["/users"]["post"]["security"]
+
+
+# --- the credential cache ------------------------------------------------------------------------
+
+
+async def test_cache_skips_bcrypt_for_a_verified_password():
+    user = make_user(Role.CUSTOMER)
+    async with running_app(auth_cache_seconds=300) as application:
+        calls = count_bcrypt_checks(application)
+        cache = application.state.auth.cache
+        async with http(application, user.basic) as c:
+            assert (await c.get("/products")).status_code == 200
+            assert calls == [True]
+            assert len(cache) == 1
+            assert cache.verified(user.id, stored_hash(user.id), user.password)
+            assert not cache.verified(user.id, stored_hash(user.id), "another-password")
+
+            assert (await c.get("/products")).status_code == 200
+            assert (await c.get("/products/below_requirement")).status_code == 200
+            assert calls == [True]  # bcrypt was not called again
+
+
+async def test_cache_is_per_user_and_a_wrong_password_for_a_cached_user_still_fails():
+    user = make_user(Role.CUSTOMER)
+    other = make_user(Role.CUSTOMER)
+    async with running_app(auth_cache_seconds=300) as application:
+        calls = count_bcrypt_checks(application)
+        async with http(application) as c:
+            assert (await c.get("/products", headers=user.basic)).status_code == 200
+            assert (await c.get("/products", headers=other.basic)).status_code == 200
+            assert len(calls) == 2
+            assert_401(await c.get("/products", headers=basic_header(user.username, "password1234")))
+            assert len(calls) == 3
+            # The right password is still remembered after a failed attempt.
+            assert (await c.get("/products", headers=user.basic)).status_code == 200
+            assert len(calls) == 3
+
+
+async def test_wrong_password_is_never_cached():
+    user = make_user(Role.CUSTOMER)
+    async with running_app(auth_cache_seconds=300) as application:
+        calls = count_bcrypt_checks(application)
+        async with http(application, basic_header(user.username, "wrong-password")) as c:
+            assert_401(await c.get("/products"))
+            assert_401(await c.get("/products"))
+        assert calls == [True, True]
+        assert len(application.state.auth.cache) == 0
+
+
+async def test_unknown_user_is_never_cached_and_costs_a_bcrypt_check_each_time():
+    async with running_app(auth_cache_seconds=300) as application:
+        calls = count_bcrypt_checks(application)
+        async with http(application, basic_header("ghost-user", "password123")) as c:
+            assert_401(await c.get("/products"))
+            assert_401(await c.get("/products"))
+        assert calls == [False, False]
+        assert len(application.state.auth.cache) == 0
+
+
+async def test_password_change_invalidates_the_cache():
+    user = make_user(Role.CUSTOMER)
+    async with running_app(auth_cache_seconds=300) as application:
+        calls = count_bcrypt_checks(application)
+        async with http(application) as c:
+            assert (await c.get("/products", headers=user.basic)).status_code == 200
+            assert (await c.get("/products", headers=user.basic)).status_code == 200
+            assert len(calls) == 1
+            changed = await c.patch(
+                f"/users/{user.id}", json={"password": "brand-new-pass"}, headers=user.basic
+            )
+            assert changed.status_code == 200, changed.text
+            assert_401(await c.get("/products", headers=user.basic))
+            new = basic_header(user.username, "brand-new-pass")
+            assert (await c.get("/products", headers=new)).status_code == 200
+            assert (await c.get("/products", headers=new)).status_code == 200
+            assert_401(await c.get("/products", headers=user.basic))
+
+
+async def test_password_change_in_one_process_invalidates_the_cache_of_another():
+    user = make_user(Role.CUSTOMER)
+    new = basic_header(user.username, "brand-new-pass")
+    async with running_app(auth_cache_seconds=300) as first, running_app(auth_cache_seconds=300) as second:
+        assert first.state.auth.cache is not second.state.auth.cache
+        second_calls = count_bcrypt_checks(second)
+        async with http(first) as c1, http(second) as c2:
+            assert (await c1.get("/products", headers=user.basic)).status_code == 200
+            assert (await c2.get("/products", headers=user.basic)).status_code == 200
+            assert (await c2.get("/products", headers=user.basic)).status_code == 200
+            assert len(second_calls) == 1  # the second process has the old password cached
+            assert len(second.state.auth.cache) == 1
+
+            changed = await c1.patch(
+                f"/users/{user.id}", json={"password": "brand-new-pass"}, headers=user.basic
+            )
+            assert changed.status_code == 200, changed.text
+
+            # The second process never heard of the change: its cache entry no longer matches the
+            # stored hash, so bcrypt decides, and refuses the old password.
+            assert_401(await c2.get("/products", headers=user.basic))
+            assert len(second_calls) == 2
+            assert (await c2.get("/products", headers=new)).status_code == 200
+            assert (await c1.get("/products", headers=new)).status_code == 200
+            assert_401(await c1.get("/products", headers=user.basic))
+
+
+async def test_admin_changing_a_users_password_invalidates_their_cached_password():
+    user = make_user(Role.CUSTOMER)
+    async with running_app(auth_cache_seconds=300) as application, http(application) as c:
+        assert (await c.get("/products", headers=user.basic)).status_code == 200
+        changed = await c.patch(f"/users/{user.id}", json={"password": "set-by-admin"}, headers=ADMIN.basic)
+        assert changed.status_code == 200, changed.text
+        assert_401(await c.get("/products", headers=user.basic))
+        assert (
+            await c.get("/products", headers=basic_header(user.username, "set-by-admin"))
+        ).status_code == 200
+
+
+async def test_auth_cache_seconds_zero_disables_the_cache():
+    user = make_user(Role.CUSTOMER)
+    async with running_app(auth_cache_seconds=0) as application:
+        calls = count_bcrypt_checks(application)
+        async with http(application, user.basic) as c:
+            assert (await c.get("/products")).status_code == 200
+            assert (await c.get("/products")).status_code == 200
+            assert (await c.get("/products")).status_code == 200
+        assert calls == [True, True, True]
+        assert len(application.state.auth.cache) == 0
+
+
+async def test_cache_entries_expire_after_auth_cache_seconds():
+    user = make_user(Role.CUSTOMER)
+    async with running_app(auth_cache_seconds=0.3) as application:
+        calls = count_bcrypt_checks(application)
+        async with http(application, user.basic) as c:
+            assert (await c.get("/products")).status_code == 200
+            assert (await c.get("/products")).status_code == 200
+            assert len(calls) == 1
+            await asyncio.sleep(0.4)
+            assert (await c.get("/products")).status_code == 200
+            assert len(calls) == 2
+
+
+# --- timing --------------------------------------------------------------------------------------
+
+
+async def test_unknown_user_and_wrong_password_take_the_same_time():
+    """Both cost one bcrypt check at the configured cost (~100 ms at 10 rounds), so the time of a
+    401 does not tell whether the username exists."""
+    async with running_app(bcrypt_rounds=10, auth_cache_seconds=300) as application, http(application) as c:
+        created = await c.post("/users", json={"username": "timed-user", "password": "right-password"})
+        assert created.status_code == 201, created.text
+        assert stored_hash(created.json()["id"]).startswith("$2b$10$")
+        # Warm up: the first check builds the dummy hash; the right password gets cached.
+        assert (
+            await c.get("/products", headers=basic_header("timed-user", "right-password"))
+        ).status_code == 200
+        assert_401(await c.get("/products", headers=basic_header("no-such-user", "right-password")))
+
+        calls = count_bcrypt_checks(application)
+        unknown_times, wrong_times = [], []
+        for _ in range(5):
+            for name, sink in (("no-such-user", unknown_times), ("timed-user", wrong_times)):
+                started = time.perf_counter()
+                response = await c.get("/products", headers=basic_header(name, "wrong-password"))
+                sink.append(time.perf_counter() - started)
+                assert response.status_code == 401
+    assert calls == [False, True] * 5  # every failure paid for exactly one bcrypt check
+    unknown, wrong = statistics.median(unknown_times), statistics.median(wrong_times)
+    assert 0.7 <= unknown / wrong <= 1.4, (unknown_times, wrong_times)
+    assert min(unknown, wrong) > 0.02, "a failed check at cost 10 cannot be this fast"
+
+
+# --- settings the API refuses --------------------------------------------------------------------
+
+SERVICES = {
+    "database_url": "postgresql+psycopg://user@127.0.0.1:5432/db",
+    "redis_url": "redis://127.0.0.1:6379/0",
+}
+GOOD_KEY = "k" * 32
+
+
+def test_missing_jwt_secret_outside_the_embedded_default_is_refused():
+    with pytest.raises(ConfigError, match="JWT_SECRET_KEY"):
+        check_settings(Settings(**SERVICES, jwt_secret_key=None))
+
+
+def test_missing_jwt_secret_with_only_a_database_is_refused():
+    with pytest.raises(ConfigError, match="JWT_SECRET_KEY"):
+        check_settings(Settings(database_url=SERVICES["database_url"], redis_url=None, jwt_secret_key=None))
+
+
+def test_blank_jwt_secret_is_refused():
+    with pytest.raises(ConfigError, match="JWT_SECRET_KEY"):
+        check_settings(Settings(**SERVICES, jwt_secret_key="   "))
+
+
+def test_jwt_secret_of_31_bytes_is_refused_and_32_is_accepted():
+    with pytest.raises(ConfigError, match="32 bytes"):
+        check_settings(Settings(**SERVICES, jwt_secret_key="k" * 31))
+    check_settings(Settings(**SERVICES, jwt_secret_key=GOOD_KEY))
+
+
+def test_jwt_secret_length_is_counted_in_bytes():
+    with pytest.raises(ConfigError):
+        check_settings(Settings(**SERVICES, jwt_secret_key="é" * 15 + "k"))  # 16 chars, 31 bytes
+    check_settings(Settings(**SERVICES, jwt_secret_key="é" * 16))  # 16 chars, 32 bytes
+
+
+def test_embedded_default_needs_no_secret():
+    cfg = Settings(database_url=None, redis_url=None, jwt_secret_key=None)
+    assert cfg.embedded
+    check_settings(cfg)
+    assert len(cfg.effective_jwt_secret.encode()) >= 32
+
+
+def test_first_admin_username_without_password_is_refused():
+    with pytest.raises(ConfigError, match="FIRST_ADMIN"):
+        check_settings(Settings(**SERVICES, jwt_secret_key=GOOD_KEY, first_admin_username="root"))
+
+
+def test_first_admin_password_without_username_is_refused():
+    with pytest.raises(ConfigError, match="FIRST_ADMIN"):
+        check_settings(Settings(**SERVICES, jwt_secret_key=GOOD_KEY, first_admin_password="password123"))
+
+
+def test_invalid_first_admin_password_is_refused():
+    with pytest.raises(ConfigError, match="FIRST_ADMIN"):
+        check_settings(
+            Settings(
+                **SERVICES,
+                jwt_secret_key=GOOD_KEY,
+                first_admin_username="root",
+                first_admin_password="1234567",
+            )
+        )
+    with pytest.raises(ConfigError, match="FIRST_ADMIN"):
+        check_settings(
+            Settings(
+                **SERVICES,
+                jwt_secret_key=GOOD_KEY,
+                first_admin_username="root",
+                first_admin_password="p" * 73,
+            )
+        )
+
+
+def test_invalid_first_admin_username_is_refused():
+    with pytest.raises(ConfigError, match="FIRST_ADMIN"):
+        check_settings(
+            Settings(
+                **SERVICES,
+                jwt_secret_key=GOOD_KEY,
+                first_admin_username="r t",
+                first_admin_password="password123",
+            )
+        )
+
+
+def test_valid_first_admin_is_accepted():
+    check_settings(
+        Settings(
+            **SERVICES, jwt_secret_key=GOOD_KEY, first_admin_username="root", first_admin_password="12345678"
+        )
+    )
+
+
+async def test_lifespan_refuses_to_start_without_a_secret():
+    application = create_app(Settings(jwt_secret_key=None), start_embedded_worker=False)
+    with pytest.raises(ConfigError, match="JWT_SECRET_KEY"):
+        async with application.router.lifespan_context(application):
+            pytest.fail("the app started without JWT_SECRET_KEY")
+
+
+async def test_lifespan_refuses_to_start_with_a_short_secret():
+    application = create_app(Settings(jwt_secret_key="short-secret"), start_embedded_worker=False)
+    with pytest.raises(ConfigError):
+        async with application.router.lifespan_context(application):
+            pytest.fail("the app started with a short JWT_SECRET_KEY")
+
+
+async def test_app_stops_promptly_right_after_a_quick_401():
+    """An app stopped right after a quick request must stop. The lifespan cancels the order-event
+    relay and awaits it without a timeout (`api/waiters.py`, `OrderEventRelay.stop`); when the relay
+    is still connecting to Redis, redis-py's `asyncio.wait_for` (Python 3.11) can swallow that
+    cancellation, the relay goes on to block in `pubsub.listen()`, and shutdown waits forever."""
+    for attempt in range(5):
+        application = create_app(Settings(), start_embedded_worker=False)
+
+        async def run(application: FastAPI = application) -> None:
+            async with application.router.lifespan_context(application), http(application) as c:
+                assert_401(await c.get("/products"))
+
+        task = asyncio.create_task(run())
+        done, _ = await asyncio.wait({task}, timeout=3)
+        if not done:
+            # Unstick the relay (a second cancellation reaches it) so that the run can go on.
+            for other in asyncio.all_tasks():
+                if other.get_name() == "order-event-relay" and other.cancelling():
+                    other.cancel()
+            await asyncio.wait({task}, timeout=3)
+            pytest.fail(
+                f"the app did not stop within 3 s (attempt {attempt + 1}): OrderEventRelay.stop hangs"
+            )
+        task.result()
