@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.auth import MISSING_MESSAGE, authenticate, basic_scheme, bearer_scheme
 from core.errors import Forbidden, Unauthorized
-from core.users.security import Principal
+from core.users import service as users_service
+from core.users.security import InvalidToken, Principal
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 
@@ -90,7 +91,35 @@ def require_admin(principal: Annotated[Principal, Depends(current_principal)]) -
     return principal
 
 
+async def optional_current_role(
+    principal: Annotated[Principal | None, Depends(optional_principal)], session: SessionDep
+) -> Principal | None:
+    """For user management: a bearer token's principal re-read from the database, so that a demoted
+    admin's token stops granting admin at once (Basic credentials are read from it already). A token
+    of a user who no longer exists is a 401."""
+    if principal is None or not principal.from_token:
+        return principal
+    fresh = await session.run_sync(users_service.current_principal, principal)
+    if fresh is None:
+        raise InvalidToken("The user of this access token no longer exists.")
+    return fresh
+
+
+async def current_role(principal: Annotated[Principal | None, Depends(optional_current_role)]) -> Principal:
+    if principal is None:
+        raise Unauthorized(MISSING_MESSAGE)
+    return principal
+
+
+def require_current_admin(principal: Annotated[Principal, Depends(current_role)]) -> Principal:
+    return require_admin(principal)
+
+
 OptionalUser = Annotated[Principal | None, Depends(optional_principal)]
 CurrentUser = Annotated[Principal, Depends(current_principal)]
 StaffUser = Annotated[Principal, Depends(require_staff)]
 AdminUser = Annotated[Principal, Depends(require_admin)]
+#: The same, with the role as stored now (user management).
+OptionalUserNow = Annotated[Principal | None, Depends(optional_current_role)]
+UserNow = Annotated[Principal, Depends(current_role)]
+AdminNow = Annotated[Principal, Depends(require_current_admin)]

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from api.auth import Authenticator, parse_basic
-from api.deps import AdminUser, CurrentUser, OptionalUser, PageDep, SessionDep
+from api.deps import AdminNow, OptionalUserNow, PageDep, SessionDep, UserNow
 from api.openapi import responses
 from api.pagination import set_page_headers
 from core.errors import Unauthorized
@@ -39,7 +39,7 @@ def _auth(request: Request) -> Authenticator:
     openapi_extra={"security": [{}]},
 )
 async def create_user(
-    body: UserCreate, request: Request, response: Response, session: SessionDep, actor: OptionalUser
+    body: UserCreate, request: Request, response: Response, session: SessionDep, actor: OptionalUserNow
 ) -> UserRead:
     """Anyone may register a `customer` (no credentials needed); `manager` and `admin` accounts need
     an admin's credentials (403 otherwise). Fields other than `username`, `password` and `role` are
@@ -60,7 +60,7 @@ async def list_users(
     response: Response,
     session: SessionDep,
     page: PageDep,
-    _admin: AdminUser,
+    _admin: AdminNow,
     role: Annotated[Role | None, Query(description="Only users with this role")] = None,
 ) -> list[UserRead]:
     """Every user by id (admins only); `X-Total-Count` and `Link` paginate."""
@@ -74,7 +74,7 @@ async def list_users(
 
 
 @router.get("/users/{user_id}", response_model=UserRead, responses=responses(_404=["user_not_found"]))
-async def get_user(user_id: UserId, session: SessionDep, viewer: CurrentUser) -> UserRead:
+async def get_user(user_id: UserId, session: SessionDep, viewer: UserNow) -> UserRead:
     """The user themself, or anyone for an admin; any other id -> 404 `User not found`."""
     user = await session.run_sync(lambda s: service.get_user(s, user_id, viewer=viewer))
     return UserRead.model_validate(user)
@@ -87,7 +87,7 @@ async def get_user(user_id: UserId, session: SessionDep, viewer: CurrentUser) ->
     summary="Change a password or a role",
 )
 async def update_user(
-    user_id: UserId, body: UserUpdate, request: Request, session: SessionDep, actor: CurrentUser
+    user_id: UserId, body: UserUpdate, request: Request, session: SessionDep, actor: UserNow
 ) -> UserRead:
     """`{"password": "..."}` (the user or an admin) and/or `{"role": "manager"}` (admins). A new
     password takes effect at once in every API process (cached Basic credentials stop matching);

@@ -24,7 +24,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,11 +40,13 @@ _REQUIRED_CLAIMS = ["exp", "iat", "sub"]
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is making a request: `id`, `username` and `role`, from the database or a token."""
+    """Who is making a request: `id`, `username` and `role`, from the database or a token.
+    `from_token` is True when the role is what a bearer token claimed at login (it may be stale)."""
 
     id: int
     username: str
     role: Role
+    from_token: bool = field(default=False, compare=False)
 
     @property
     def is_staff(self) -> bool:
@@ -184,6 +186,11 @@ def decode_token(token: str, secret: str) -> Principal:
     except jwt.PyJWTError as exc:
         raise InvalidToken("The access token is invalid.") from exc
     try:
-        return Principal(id=int(claims["sub"]), username=str(claims["username"]), role=Role(claims["role"]))
+        return Principal(
+            id=int(claims["sub"]),
+            username=str(claims["username"]),
+            role=Role(claims["role"]),
+            from_token=True,
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidToken("The access token is invalid.") from exc

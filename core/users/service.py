@@ -88,12 +88,18 @@ def update_user(
     Raises `UserNotFound` (missing, or not visible to `actor`), `Forbidden` (a non-admin changing a
     role) and `Conflict` (demoting the last admin)."""
     check_may_update(session, user_id, actor=actor, role=role)
+    # A role change locks every admin row first, in id order, and only then the target: two admins
+    # demoting each other queue on the same first lock instead of deadlocking, and the second one
+    # sees the first one's change (and the 409 when only one admin is left).
+    admins = repo.lock_admins(session) if role is not None else []
+    if role is not None and actor.id not in admins:  # demoted meanwhile (or a stale token)
+        raise Forbidden("Only an admin can change a user's role.", {"role": role.value})
     user = repo.lock(session, user_id)
     if user is None:
         raise UserNotFound(user_id)
     values: dict[str, object] = {}
     if role is not None and role.value != user.role:
-        if user.role == Role.ADMIN.value and repo.lock_admins(session) == [user.id]:
+        if user.role == Role.ADMIN.value and admins == [user.id]:
             raise Conflict("The last admin cannot lose the admin role.", {"user_id": user_id})
         values["role"] = role.value
     if password_hash is not None:
@@ -119,3 +125,10 @@ def replace_password_hash(session: Session, user_id: int, old_hash: str, new_has
     """Store `new_hash` (the same password at the current bcrypt cost) unless the hash changed
     meanwhile; True when it was stored. The password itself does not change."""
     return repo.swap_password_hash(session, user_id, old_hash, new_hash)
+
+
+def current_principal(session: Session, principal: Principal) -> Principal | None:
+    """`principal` with the role stored now (None when the user no longer exists): user management
+    trusts the database, not the role a token claimed at login."""
+    user = repo.get(session, principal.id)
+    return None if user is None else principal_of(user)

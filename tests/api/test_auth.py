@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import jwt
 import pytest
+import redis
 from fastapi import FastAPI
 from sqlalchemy import text
 
@@ -25,8 +26,9 @@ from api.main import ConfigError, check_settings, create_app
 from core.config import Settings, settings
 from core.db import get_sync_engine
 from core.users.models import Role
-from core.users.security import Principal, issue_token
+from core.users.security import Principal, hash_cost, issue_token
 from tests.conftest import ADMIN, basic_header, create_product, make_user
+from workers.celery_app import ORDERS_QUEUE_KEY
 
 BASIC_CHALLENGE = 'Basic realm="orderflow"'
 BEARER_CHALLENGE = 'Bearer error="invalid_token"'
@@ -90,9 +92,9 @@ def http(application: FastAPI, headers: dict[str, str] | None = None) -> httpx.A
 async def running_app(**overrides: object) -> AsyncIterator[FastAPI]:
     """A dedicated app (its own Authenticator, cache and bcrypt cost) with its lifespan running.
 
-    It runs without `REDIS_URL` (no order-event relay: these tests never long-poll), because an app
-    stopped while its relay is still connecting to Redis can hang on shutdown; that product bug has
-    its own test, `test_app_stops_promptly_right_after_a_quick_401`."""
+    It runs without `REDIS_URL`: no order-event relay, which these tests never need (they do not
+    long-poll), so that an app started and stopped within milliseconds does not race the relay's
+    connection to Redis (that race has its own test, `test_app_stops_promptly_right_after_a_quick_401`)."""
     overrides.setdefault("redis_url", None)
     application = create_app(Settings(**overrides), start_embedded_worker=False)
     async with application.router.lifespan_context(application):
@@ -111,6 +113,30 @@ def count_bcrypt_checks(application: FastAPI) -> list[bool]:
 
     checker.check = counting
     return calls
+
+
+def settle_order_queue(timeout: float = 10) -> None:
+    """Drop the order messages a test sent and wait until no worker holds one (late ack keeps a
+    message in the unacked hash until its task committed). Without a worker this returns at once;
+    with the session's worker running (other modules start it) no message of this test can reach
+    the next test's orders, whose ids restart at 1."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        client.delete(ORDERS_QUEUE_KEY)
+        unacked = f"{settings.redis_key_prefix}unacked"
+        deadline = time.monotonic() + timeout
+        idle = 0
+        while time.monotonic() < deadline and idle < 2:
+            idle = idle + 1 if not client.hlen(unacked) else 0
+            time.sleep(0.02)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def quiet_queue():
+    yield
+    settle_order_queue()
 
 
 def stored_hash(user_id: int) -> str:
@@ -283,6 +309,7 @@ def bad_tokens() -> list:
     ]
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 @pytest.mark.parametrize("build", bad_tokens())
 async def test_bad_bearer_token_is_401_invalid_token(anon, build):
     user = make_user(Role.CUSTOMER)
@@ -395,7 +422,7 @@ async def test_a_password_containing_colons_works(anon):
 # --- Basic on protected routes, public routes ----------------------------------------------------
 
 
-async def test_basic_works_on_protected_routes(client, anon):
+async def test_basic_works_on_protected_routes(client, anon, quiet_queue):
     product = await create_product(client, stock=5)
     user = make_user(Role.CUSTOMER)
     listed = await anon.get("/products", headers=user.basic)
@@ -746,10 +773,10 @@ async def test_lifespan_refuses_to_start_with_a_short_secret():
 
 
 async def test_app_stops_promptly_right_after_a_quick_401():
-    """An app stopped right after a quick request must stop. The lifespan cancels the order-event
-    relay and awaits it without a timeout (`api/waiters.py`, `OrderEventRelay.stop`); when the relay
-    is still connecting to Redis, redis-py's `asyncio.wait_for` (Python 3.11) can swallow that
-    cancellation, the relay goes on to block in `pubsub.listen()`, and shutdown waits forever."""
+    """An app stopped right after a quick request must stop (regression). The lifespan cancels the
+    order-event relay (`api/waiters.py`, `OrderEventRelay.stop`); while the relay is still connecting
+    to Redis, redis-py's `asyncio.wait_for` (Python 3.11) can swallow that cancellation, after which
+    the relay blocks in `pubsub.listen()`: a single cancel-and-await made shutdown wait forever."""
     for attempt in range(5):
         application = create_app(Settings(), start_embedded_worker=False)
 
@@ -769,3 +796,81 @@ async def test_app_stops_promptly_right_after_a_quick_401():
                 f"the app did not stop within 3 s (attempt {attempt + 1}): OrderEventRelay.stop hangs"
             )
         task.result()
+
+
+# --- single flight and re-hashing ----------------------------------------------------------------
+# Overlapping identical attempts share one bcrypt check; a hash made at another cost is replaced on
+# the next successful login (so every stored hash costs what the dummy hash of unknown users costs).
+
+
+async def test_a_burst_of_identical_attempts_costs_one_bcrypt_check():
+    user = make_user(Role.CUSTOMER)
+    async with running_app(bcrypt_rounds=8) as application, http(application) as c:
+        calls = count_bcrypt_checks(application)
+        right = await asyncio.gather(*(c.get("/products", headers=user.basic) for _ in range(8)))
+        assert [r.status_code for r in right] == [200] * 8
+        assert len(calls) == 1
+        wrong = basic_header(user.username, "not-the-password")
+        refused = await asyncio.gather(*(c.get("/products", headers=wrong) for _ in range(8)))
+        assert [r.status_code for r in refused] == [401] * 8
+        assert len(calls) == 2  # shared too, and not cached:
+        assert (await c.get("/products", headers=wrong)).status_code == 401
+        assert len(calls) == 3
+
+
+async def test_different_passwords_are_never_merged():
+    user = make_user(Role.CUSTOMER)
+    async with running_app(bcrypt_rounds=8) as application, http(application) as c:
+        calls = count_bcrypt_checks(application)
+        answers = await asyncio.gather(
+            c.get("/products", headers=user.basic),
+            c.get("/products", headers=basic_header(user.username, user.password + "x")),
+            c.get("/products", headers=basic_header(user.username.upper(), user.password)),
+        )
+        assert [r.status_code for r in answers] == [200, 401, 200]
+        assert 2 <= len(calls) <= 3  # the two right ones may share a check; the wrong one never does
+
+
+async def test_a_hash_of_another_cost_is_replaced_after_a_successful_login():
+    user = make_user(Role.MANAGER)  # hashed at the tests' cost, 4
+    before = stored_hash(user.id)
+    assert hash_cost(before) == 4
+    async with running_app(bcrypt_rounds=6) as application, http(application) as c:
+        assert (
+            await c.get("/products", headers=basic_header(user.username, "wrong-password"))
+        ).status_code == 401
+        assert stored_hash(user.id) == before  # a failed login changes nothing
+        assert (await c.get("/products", headers=user.basic)).status_code == 200
+        after = stored_hash(user.id)
+        assert hash_cost(after) == 6
+        # Same password, new hash: it still works, from the cache and from the database.
+        assert (await c.get("/products", headers=user.basic)).status_code == 200
+    async with running_app(bcrypt_rounds=6) as application, http(application) as c:
+        calls = count_bcrypt_checks(application)
+        assert (await c.get("/products", headers=user.basic)).status_code == 200
+        assert calls == [True]
+        assert stored_hash(user.id) == after
+
+
+async def test_registering_with_admin_basic_credentials_from_the_cache_works():
+    """POST /users authenticated by a cached Basic credential: the credentials query's transaction
+    is closed before the new password is hashed, and the user is created."""
+    async with running_app(bcrypt_rounds=4) as application, http(application) as c:
+        admin = basic_header("admin", "admin-password")
+        assert (await c.get("/products", headers=admin)).status_code == 200  # now cached
+        created = await c.post(
+            "/users",
+            json={"username": "new-manager", "password": "password123", "role": "manager"},
+            headers=admin,
+        )
+        assert created.status_code == 201, created.text
+        assert created.json()["role"] == "manager"
+
+
+async def test_with_the_cache_off_every_attempt_pays_bcrypt():
+    user = make_user(Role.CUSTOMER)
+    async with running_app(auth_cache_seconds=0) as application, http(application) as c:
+        calls = count_bcrypt_checks(application)
+        answers = await asyncio.gather(*(c.get("/products", headers=user.basic) for _ in range(4)))
+        assert [r.status_code for r in answers] == [200] * 4
+        assert len(calls) == 4
