@@ -114,6 +114,21 @@ def validation_details(request: Request, errors: list[dict[str, Any]]) -> tuple[
     return " ".join(seen), {"fields": fields}
 
 
+def _needs_credentials(route: Any) -> bool:
+    """True when the route requires credentials: it depends on `api.deps.current_principal` or
+    `api.deps.current_role`, directly or through a role guard."""
+    from api.deps import current_principal, current_role
+
+    dependant = getattr(route, "dependant", None)
+    pending = [dependant] if dependant is not None else []
+    while pending:
+        node = pending.pop()
+        if node.call in (current_principal, current_role):
+            return True
+        pending.extend(node.dependencies)
+    return False
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> JSONResponse:
@@ -121,7 +136,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, details = validation_details(request, list(exc.errors()))
+        errors = list(exc.errors())
+        # FastAPI parses a JSON body before it solves the dependencies, so a body that is not JSON
+        # would be a 400 before authentication. Without credentials on a protected route it is the
+        # 401 the contract asks for instead.
+        if (
+            any(e.get("type") == "json_invalid" for e in errors)
+            and "authorization" not in request.headers
+            and _needs_credentials(request.scope.get("route"))
+        ):
+            from api.auth import MISSING_MESSAGE
+
+            return error_response(Unauthorized(MISSING_MESSAGE))
+        message, details = validation_details(request, errors)
         return JSONResponse(envelope("Invalid input", message, "INVALID_REQUEST", details), 400)
 
     @app.exception_handler(StarletteHTTPException)

@@ -874,3 +874,22 @@ async def test_with_the_cache_off_every_attempt_pays_bcrypt():
         answers = await asyncio.gather(*(c.get("/products", headers=user.basic) for _ in range(4)))
         assert [r.status_code for r in answers] == [200] * 4
         assert len(calls) == 4
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/products"), ("POST", "/orders"), ("PATCH", "/products/1"), ("PATCH", "/users/1")],
+)
+async def test_a_body_that_is_not_json_without_credentials_is_401_not_400(anon, method, path):
+    """FastAPI reads the JSON body before it runs the dependencies; without credentials the answer is
+    still the 401 of the contract."""
+    response = await anon.request(
+        method, path, content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert_401(response)
+
+
+async def test_a_body_that_is_not_json_is_400_with_credentials_or_on_a_public_route(anon, client):
+    bad = {"content": b"{not json", "headers": {"content-type": "application/json"}}
+    assert (await client.post("/products", **bad)).status_code == 400
+    assert (await anon.post("/users", **bad)).status_code == 400
