@@ -179,13 +179,20 @@ def parse_basic(param: str) -> tuple[str, str]:
     return username, password
 
 
+def split_authorization(header: str) -> tuple[str, str]:
+    """(scheme as sent, credentials) of an `Authorization` header value (RFC 9110, section 11.6.2;
+    schemes compare case-insensitively)."""
+    scheme, _, param = header.strip().partition(" ")
+    return scheme, param
+
+
 async def authenticate(request: Request, session: AsyncSession) -> Principal | None:
     """The principal of the request's `Authorization` header; None when there is no header.
     Raises `Unauthorized` / `InvalidToken` for a header that does not prove who is asking."""
     header = request.headers.get("authorization")
     if header is None:
         return None
-    scheme, _, param = header.strip().partition(" ")
+    scheme, param = split_authorization(header)
     auth: Authenticator = request.app.state.auth
     if scheme.lower() == "bearer":
         if not param.strip():

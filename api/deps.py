@@ -68,26 +68,23 @@ async def optional_principal(
     return await authenticate(request, session)
 
 
+def _required(principal: Principal | None) -> Principal:
+    if principal is None:
+        raise Unauthorized(MISSING_MESSAGE)
+    return principal
+
+
 async def current_principal(
     principal: Annotated[Principal | None, Depends(optional_principal)],
 ) -> Principal:
     """The authenticated user; 401 `Unauthorized` when there are no credentials."""
-    if principal is None:
-        raise Unauthorized(MISSING_MESSAGE)
-    return principal
+    return _required(principal)
 
 
 def require_staff(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
     """A manager or an admin; 403 `Forbidden` for a customer."""
     if not principal.is_staff:
         raise Forbidden("This action needs the manager or admin role.", {"role": principal.role.value})
-    return principal
-
-
-def require_admin(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
-    """An admin; 403 `Forbidden` for anyone else."""
-    if not principal.is_admin:
-        raise Forbidden("This action needs the admin role.", {"role": principal.role.value})
     return principal
 
 
@@ -106,20 +103,20 @@ async def optional_current_role(
 
 
 async def current_role(principal: Annotated[Principal | None, Depends(optional_current_role)]) -> Principal:
-    if principal is None:
-        raise Unauthorized(MISSING_MESSAGE)
+    """The authenticated user with the role as stored now; 401 when there are no credentials."""
+    return _required(principal)
+
+
+def require_admin(principal: Annotated[Principal, Depends(current_role)]) -> Principal:
+    """An admin by the role stored now (only user management needs one); 403 `Forbidden` otherwise."""
+    if not principal.is_admin:
+        raise Forbidden("This action needs the admin role.", {"role": principal.role.value})
     return principal
 
 
-def require_current_admin(principal: Annotated[Principal, Depends(current_role)]) -> Principal:
-    return require_admin(principal)
-
-
-OptionalUser = Annotated[Principal | None, Depends(optional_principal)]
 CurrentUser = Annotated[Principal, Depends(current_principal)]
 StaffUser = Annotated[Principal, Depends(require_staff)]
-AdminUser = Annotated[Principal, Depends(require_admin)]
-#: The same, with the role as stored now (user management).
+#: User management: the caller's role as stored now, not as a token claimed it at login.
 OptionalUserNow = Annotated[Principal | None, Depends(optional_current_role)]
 UserNow = Annotated[Principal, Depends(current_role)]
-AdminNow = Annotated[Principal, Depends(require_current_admin)]
+AdminNow = Annotated[Principal, Depends(require_admin)]

@@ -26,7 +26,6 @@ from core.db import make_async_engine, make_async_sessionmaker
 from core.logging import configure_logging
 from core.users import service as users_service
 from core.users.models import Role
-from core.users.schemas import check_password, check_username
 
 log = logging.getLogger("orderflow.api")
 
@@ -49,16 +48,7 @@ class ConfigError(RuntimeError):
 def check_settings(cfg: Settings) -> None:
     """Raise `ConfigError` when the API must not start with these settings: a missing or short
     `JWT_SECRET_KEY` outside the embedded default, or an unusable first admin."""
-    problems = cfg.check_auth_settings()
-    if cfg.first_admin_username is not None and cfg.first_admin_password is not None:
-        for check, value in (
-            (check_username, cfg.first_admin_username),
-            (check_password, cfg.first_admin_password),
-        ):
-            try:
-                check(value)
-            except ValueError as exc:
-                problems.append(f"FIRST_ADMIN: {exc}")
+    problems = users_service.settings_problems(cfg)
     if problems:
         raise ConfigError("; ".join(problems))
 

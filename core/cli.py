@@ -34,7 +34,9 @@ def serve(
     """Run the API (and, on the embedded default, an in-process worker). Migrates first."""
     import uvicorn
 
-    problems = settings.check_auth_settings()
+    from core.users.service import settings_problems
+
+    problems = settings_problems(settings)
     if problems:
         console.print(f"[red]refusing to start[/]: {'; '.join(problems)}")
         raise typer.Exit(2)

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from api.auth import Authenticator, parse_basic
+from api.auth import Authenticator, parse_basic, split_authorization
 from api.deps import AdminNow, OptionalUserNow, PageDep, SessionDep, UserNow
 from api.openapi import responses
 from api.pagination import set_page_headers
@@ -116,8 +116,7 @@ async def update_user(
 async def login(request: Request, session: SessionDep) -> JSONResponse:
     """Send `Authorization: Basic base64(username:password)`; get `{access_token, token_type:
     "bearer", expires_in}` (seconds). Use it as `Authorization: Bearer <access_token>`."""
-    header = request.headers.get("authorization", "")
-    scheme, _, param = header.strip().partition(" ")
+    scheme, param = split_authorization(request.headers.get("authorization", ""))
     if scheme.lower() != "basic":
         raise Unauthorized("Log in with Basic credentials: Authorization: Basic base64(username:password).")
     auth = _auth(request)

@@ -14,12 +14,6 @@ def get(session: Session, user_id: int) -> User | None:
     return session.get(User, user_id)
 
 
-def get_by_username(session: Session, username: str) -> User | None:
-    """The user whose username equals `username` in any case (uses `uq_users_username_lower`)."""
-    stmt = select(User).where(func.lower(User.username) == username.lower())
-    return session.execute(stmt).scalar_one_or_none()
-
-
 def insert_if_absent(session: Session, username: str, password_hash: str, role: Role) -> int | None:
     """Insert a user; None when the username is taken (in any case).
 

@@ -16,11 +16,30 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from core.config import Settings
 from core.db import utcnow
 from core.errors import Conflict, Forbidden, UserNotFound
 from core.users import repository as repo
 from core.users.models import Role, User
+from core.users.schemas import check_password, check_username
 from core.users.security import Principal
+
+
+def settings_problems(cfg: Settings) -> list[str]:
+    """Every reason the API must not start with `cfg` (empty when there is none): those of
+    `Settings.check_auth_settings`, and a first admin whose username or password breaks the
+    registration rules."""
+    problems = cfg.check_auth_settings()
+    if cfg.first_admin_username is not None and cfg.first_admin_password is not None:
+        for check, value in (
+            (check_username, cfg.first_admin_username),
+            (check_password, cfg.first_admin_password),
+        ):
+            try:
+                check(value)
+            except ValueError as exc:
+                problems.append(f"FIRST_ADMIN: {exc}")
+    return problems
 
 
 def principal_of(user: User) -> Principal:
