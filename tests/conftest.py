@@ -54,7 +54,7 @@ from workers.celery_app import ORDERS_QUEUE, ORDERS_QUEUE_KEY  # noqa: E402
 #: Worker subprocess logs of this run; removed at the end unless the run failed.
 LOG_DIR = Path(tempfile.mkdtemp(prefix=f"orderflow-tests-{RUN_ID}-"))
 
-TABLES = ["stock_movements", "idempotency_keys", "order_lines", "orders", "products", "users"]
+TABLES = ["audit_log", "stock_movements", "idempotency_keys", "order_lines", "orders", "products", "users"]
 
 #: The admin every test starts with (id 1); the `client` fixture acts as this user.
 ADMIN_USERNAME = "admin"

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import CurrentUser, PageDep, SessionDep, StaffUser
 from api.openapi import responses
 from api.pagination import set_page_headers
+from core.audit import service as audit
+from core.audit.models import AuditAction, AuditEntity
 from core.products import service
 from core.products.schemas import (
     ProductCreate,
@@ -26,6 +29,22 @@ _404 = ["product_not_found"]
 _400 = ["invalid_input", "negative_stock"]
 
 
+async def _audit(
+    session: AsyncSession, actor: str, action: str, product_id: int, details: dict | None = None
+) -> None:
+    """Record the write in the audit log, in the request's transaction (committed with it)."""
+    await session.run_sync(
+        lambda s: audit.record(
+            s,
+            actor=actor,
+            action=action,
+            entity=AuditEntity.PRODUCT,
+            entity_id=product_id,
+            details=details,
+        )
+    )
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -39,6 +58,13 @@ async def create_product(
     """Create a product (managers and admins). Its opening stock is written to the ledger. 201 with
     `Location`."""
     product = await session.run_sync(service.create_product, body, user.username)
+    await _audit(
+        session,
+        user.username,
+        AuditAction.PRODUCT_CREATE,
+        product.id,
+        {"name": product.name, "stock": product.stock},
+    )
     response.headers["Location"] = f"/products/{product.id}"
     return ProductRead.model_validate(product)
 
@@ -84,6 +110,9 @@ async def get_product(product_id: ProductId, session: SessionDep, _user: Current
 
 async def _update(product_id: int, body: ProductUpdate, session: SessionDep, actor: str) -> ProductRead:
     product = await session.run_sync(service.update_product, product_id, body, actor)
+    await _audit(
+        session, actor, AuditAction.PRODUCT_UPDATE, product_id, {"fields": sorted(body.model_fields_set)}
+    )
     return ProductRead.model_validate(product)
 
 
@@ -106,9 +135,10 @@ async def patch_product(
 @router.delete(
     "/{product_id}", status_code=status.HTTP_204_NO_CONTENT, responses=responses("staff", _404=_404)
 )
-async def delete_product(product_id: ProductId, session: SessionDep, _user: StaffUser) -> Response:
+async def delete_product(product_id: ProductId, session: SessionDep, user: StaffUser) -> Response:
     """Delete the product: 404 from then on; orders that referenced it keep their lines."""
     await session.run_sync(service.delete_product, product_id)
+    await _audit(session, user.username, AuditAction.PRODUCT_DELETE, product_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -122,6 +152,8 @@ async def increment_stock(
 ) -> ProductRead:
     """Add `quantity` units (aliases `amount`, `change`)."""
     product = await session.run_sync(service.increment_stock, product_id, body.quantity, user.username)
+    details = {"quantity": body.quantity, "stock": product.stock}
+    await _audit(session, user.username, AuditAction.STOCK_INCREMENT, product_id, details)
     return ProductRead.model_validate(product)
 
 
@@ -135,6 +167,8 @@ async def decrement_stock(
 ) -> ProductRead:
     """Remove `quantity` units; past zero -> 400 `Insufficient stock`, stock unchanged."""
     product = await session.run_sync(service.decrement_stock, product_id, body.quantity, user.username)
+    details = {"quantity": body.quantity, "stock": product.stock}
+    await _audit(session, user.username, AuditAction.STOCK_DECREMENT, product_id, details)
     return ProductRead.model_validate(product)
 
 

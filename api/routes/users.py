@@ -10,14 +10,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 
 from api.auth import Authenticator, parse_basic, split_authorization
 from api.deps import AdminNow, OptionalUserNow, PageDep, SessionDep, UserNow
 from api.openapi import responses
 from api.pagination import set_page_headers
+from core.audit import service as audit
+from core.audit.models import AuditAction, AuditEntity
 from core.errors import Unauthorized
 from core.users import service
-from core.users.models import Role
+from core.users.models import Role, User
 from core.users.schemas import TokenRead, UserCreate, UserRead, UserUpdate
 
 router = APIRouter(tags=["users"])
@@ -42,14 +45,30 @@ async def create_user(
     body: UserCreate, request: Request, response: Response, session: SessionDep, actor: OptionalUserNow
 ) -> UserRead:
     """Anyone may register a `customer` (no credentials needed); `manager` and `admin` accounts need
-    an admin's credentials (403 otherwise). Fields other than `username`, `password` and `role` are
-    refused (400). A username taken in any case -> 409. 201 with `Location`."""
-    service.check_may_grant(body.role, actor)
+    an admin's credentials (403 otherwise). `manager_id` binds a `manager` account to that store
+    manager id (admins only: 403; other roles: 400). Fields other than `username`, `password`,
+    `role` and `manager_id` are refused (400). A username taken in any case, or a manager id bound
+    to another user -> 409. 201 with `Location`."""
+    service.check_may_grant(body.role, actor, manager_id=body.manager_id)
     await session.rollback()  # no transaction (nor SQLite's write lock) held open while hashing
     password_hash = await _auth(request).hash_password(body.password)
-    user = await session.run_sync(
-        lambda s: service.register_user(s, body.username, password_hash, body.role, actor=actor)
-    )
+
+    def register(s: Session) -> User:
+        user = service.register_user(
+            s, body.username, password_hash, body.role, actor=actor, manager_id=body.manager_id
+        )
+        details = {"username": user.username, "role": user.role, "manager_id": user.manager_id}
+        audit.record(
+            s,
+            actor=actor.username if actor else user.username,
+            action=AuditAction.USER_CREATE,
+            entity=AuditEntity.USER,
+            entity_id=user.id,
+            details={k: v for k, v in details.items() if v is not None},
+        )
+        return user
+
+    user = await session.run_sync(register)
     response.headers["Location"] = f"/users/{user.id}"
     return UserRead.model_validate(user)
 
@@ -84,22 +103,45 @@ async def get_user(user_id: UserId, session: SessionDep, viewer: UserNow) -> Use
     "/users/{user_id}",
     response_model=UserRead,
     responses=responses(_403=["forbidden"], _404=["user_not_found"], _409=["last_admin"]),
-    summary="Change a password or a role",
+    summary="Change a password, a role or a manager id binding",
 )
 async def update_user(
     user_id: UserId, body: UserUpdate, request: Request, session: SessionDep, actor: UserNow
 ) -> UserRead:
-    """`{"password": "..."}` (the user or an admin) and/or `{"role": "manager"}` (admins). A new
-    password takes effect at once in every API process (cached Basic credentials stop matching);
-    bearer tokens already issued stay valid until they expire."""
+    """`{"password": "..."}` (the user or an admin) and/or `{"role": "manager"}` (admins) and/or
+    `{"manager_id": "mgr_123"}` (admins; only on a `manager` account, else 400; `null` unbinds; an
+    id bound to another user -> 409; a user who stops being a manager is unbound). A new password
+    takes effect at once in every API process (cached Basic credentials stop matching); bearer
+    tokens already issued stay valid until they expire."""
     auth = _auth(request)
-    # Answer 404/403 before paying for a bcrypt hash.
-    await session.run_sync(lambda s: service.check_may_update(s, user_id, actor=actor, role=body.role))
+    manager_id = body.manager_id if body.manager_id_given else service.KEEP
+    # Answer 404/403/400 before paying for a bcrypt hash.
+    await session.run_sync(
+        lambda s: service.check_may_update(s, user_id, actor=actor, role=body.role, manager_id=manager_id)
+    )
     await session.rollback()  # no transaction held open while hashing
     password_hash = await auth.hash_password(body.password) if body.password is not None else None
-    user = await session.run_sync(
-        lambda s: service.update_user(s, user_id, actor=actor, password_hash=password_hash, role=body.role)
-    )
+
+    def update(s: Session) -> User:
+        change = service.change_user(
+            s, user_id, actor=actor, password_hash=password_hash, role=body.role, manager_id=manager_id
+        )
+        details: dict[str, object] = {"fields": list(change.changed)}  # never the password itself
+        if "role" in change.changed:
+            details["role"] = change.user.role
+        if "manager_id" in change.changed:
+            details["manager_id"] = change.user.manager_id
+        audit.record(
+            s,
+            actor=actor.username,
+            action=AuditAction.USER_UPDATE,
+            entity=AuditEntity.USER,
+            entity_id=user_id,
+            details=details,
+        )
+        return change.user
+
+    user = await session.run_sync(update)
     result = UserRead.model_validate(user)
     await session.commit()
     auth.cache.forget(user_id)

@@ -45,6 +45,10 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The store API `manager_id` (e.g. `mgr_123`) this `manager` account acts for when
+    #: `STORE_REQUIRE_AUTH=true`; set by an admin, unique, null when unbound (CONTRACT.md, "Store API").
+    manager_id: Mapped[str | None] = mapped_column(String(64))
 
 
 Index("uq_users_username_lower", func.lower(User.username), unique=True)
+Index("uq_users_manager_id", User.manager_id, unique=True)

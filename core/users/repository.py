@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
@@ -64,6 +65,29 @@ def lock_admins(session: Session) -> list[int]:
 
 def set_fields(session: Session, user_id: int, **values: object) -> None:
     session.execute(update(User).where(User.id == user_id).values(**values, updated_at=utcnow()))
+
+
+def set_manager_id(session: Session, user_id: int, manager_id: str | None) -> bool:
+    """Bind `manager_id` to the user (None unbinds); False, with nothing changed, when another user
+    holds it already.
+
+    The unique index `uq_users_manager_id` decides, so two requests binding one id at once cannot
+    both win (on PostgreSQL the second waits for the first to commit, then fails). The UPDATE runs
+    in a SAVEPOINT: a violation rolls back to it and the caller's transaction stays usable."""
+    try:
+        with session.begin_nested():
+            session.execute(
+                update(User).where(User.id == user_id).values(manager_id=manager_id, updated_at=utcnow())
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+def manager_id_of(session: Session, user_id: int) -> str | None:
+    """The manager id bound to the user; None when unbound or when there is no such user. A column
+    query (no ORM identity map), read on every store request when `STORE_REQUIRE_AUTH=true`."""
+    return session.execute(select(User.manager_id).where(User.id == user_id)).scalar_one_or_none()
 
 
 def credentials(session: Session, username: str) -> tuple[int, str, str, str] | None:

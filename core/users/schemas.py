@@ -2,7 +2,9 @@
 
 Usernames are 3-50 characters of ASCII letters, digits, `_`, `.` and `-`. Passwords are 8-72 *bytes*
 once UTF-8 encoded: 72 bytes is bcrypt's input limit, and a longer password is refused rather than
-silently truncated (bcrypt would ignore everything after byte 72).
+silently truncated (bcrypt would ignore everything after byte 72). A manager id (the store API's
+`manager_id` that a `manager` account is bound to, for `STORE_REQUIRE_AUTH=true`) is 1-64 characters
+of ASCII letters, digits, `_`, `.`, `:` and `-`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from core.users.models import Role
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{3,50}$")
+MANAGER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MIN_PASSWORD_BYTES = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit
 
@@ -24,6 +27,13 @@ def check_username(value: str) -> str:
     """`value` unchanged if it is a valid username; ValueError with a sentence otherwise."""
     if not USERNAME_PATTERN.fullmatch(value):
         raise ValueError("Username must be 3-50 characters: letters, digits, '_', '.' or '-'.")
+    return value
+
+
+def check_manager_id(value: str | None) -> str | None:
+    """`value` unchanged if it is None or a valid manager id; ValueError with a sentence otherwise."""
+    if value is not None and not MANAGER_ID_PATTERN.fullmatch(value):
+        raise ValueError("Manager id must be 1-64 characters: letters, digits, '_', '.', ':' or '-'.")
     return value
 
 
@@ -47,6 +57,14 @@ Username = Annotated[
     Field(max_length=256, description="3-50 characters: letters, digits, '_', '.', '-'; unique in any case"),
     AfterValidator(check_username),
 ]
+ManagerId = Annotated[
+    str | None,
+    Field(
+        max_length=256,
+        description="The store API manager_id (e.g. mgr_123) this manager account acts for; admins set it",
+    ),
+    AfterValidator(check_manager_id),
+]
 Password = Annotated[
     str,
     Field(max_length=1024, description="8-72 bytes in UTF-8 (bcrypt's limit; never truncated)"),
@@ -62,6 +80,7 @@ class UserCreate(BaseModel):
     username: Username = Field(examples=["alice"])
     password: Password = Field(examples=["correct horse battery"])
     role: Role = Field(default=Role.CUSTOMER, description="customer (default), manager or admin")
+    manager_id: ManagerId = Field(default=None, examples=["mgr_123"])
 
     @field_validator("role", mode="before")
     @classmethod
@@ -70,12 +89,19 @@ class UserCreate(BaseModel):
 
 
 class UserUpdate(BaseModel):
-    """Body of `PATCH /users/{id}`: a new `password` (the user or an admin) and/or `role` (admins)."""
+    """Body of `PATCH /users/{id}`: a new `password` (the user or an admin), `role` and/or
+    `manager_id` (admins; `"manager_id": null` unbinds, leaving the field out keeps the binding)."""
 
     model_config = ConfigDict(extra="forbid")
 
     password: Password | None = None
     role: Role | None = None
+    manager_id: ManagerId = None
+
+    @property
+    def manager_id_given(self) -> bool:
+        """True when the body names `manager_id` (a value or null), False when it leaves it out."""
+        return "manager_id" in self.model_fields_set
 
     @field_validator("role", mode="before")
     @classmethod
@@ -91,6 +117,7 @@ class UserRead(BaseModel):
     id: int
     username: str
     role: Role
+    manager_id: str | None = Field(description="The bound store manager_id; null when unbound")
     created_at: datetime
 
 

@@ -6,7 +6,11 @@ Rules come from CONTRACT.md, "Users and authentication", and issue 3:
 * a user reads themself; admins read and list everyone; another user's id is reported as missing
   (404), so ids cannot be probed (OWASP API1, broken object level authorisation);
 * a user changes their own password; admins change anyone's password and role; the last admin
-  cannot be demoted (409), so the service never locks itself out of user management.
+  cannot be demoted (409), so the service never locks itself out of user management;
+* only admins bind a store `manager_id` to an account (403 otherwise), only to a `manager` account
+  (400 otherwise), and one id to one account at most (409); a manager who loses the `manager` role
+  loses the binding with it. With `STORE_REQUIRE_AUTH=true` a manager acts in the store API only
+  for the `manager_id` bound to them (`manager_binding`; issue 4 item 5).
 
 Password hashing is slow by design (bcrypt): these functions take an already computed hash where they
 write one, so that callers on an event loop can hash in a thread first. Functions never commit.
@@ -14,11 +18,15 @@ write one, so that callers on an event loop can hash in a thread first. Function
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final, Literal
+
 from sqlalchemy.orm import Session
 
 from core.config import Settings
 from core.db import utcnow
-from core.errors import Conflict, Forbidden, UserNotFound
+from core.errors import Conflict, Forbidden, InvalidInput, UserNotFound
 from core.users import repository as repo
 from core.users.models import Role, User
 from core.users.schemas import check_password, check_username
@@ -46,23 +54,68 @@ def principal_of(user: User) -> Principal:
     return Principal(id=user.id, username=user.username, role=Role(user.role))
 
 
-def check_may_grant(role: Role, actor: Principal | None) -> None:
-    """Raises `Forbidden` unless `actor` may create a user with `role` (customers: anyone)."""
+class _Keep(Enum):
+    KEEP = "keep"
+
+
+#: "Leave the manager id binding as it is" (a PATCH body without `manager_id`), as opposed to None,
+#: which unbinds.
+KEEP: Final = _Keep.KEEP
+ManagerIdChange = str | None | Literal[_Keep.KEEP]
+
+
+def check_may_grant(role: Role, actor: Principal | None, *, manager_id: str | None = None) -> None:
+    """Raises `Forbidden` unless `actor` may create a user with `role` (customers: anyone) and, when
+    `manager_id` is given, bind it (admins only); `InvalidInput` when `manager_id` is given for a
+    role other than `manager`."""
     if role != Role.CUSTOMER and (actor is None or not actor.is_admin):
         raise Forbidden(
             f"Only an admin can create a user with the role '{role.value}'.", {"role": role.value}
         )
+    if manager_id is not None:
+        _check_may_bind(actor, manager_id)
+        _check_bindable(role.value, manager_id)
+
+
+def _check_may_bind(actor: Principal | None, manager_id: str | None) -> None:
+    if actor is None or not actor.is_admin:
+        raise Forbidden("Only an admin can set a user's manager id.", {"manager_id": manager_id})
+
+
+def _check_bindable(role: str, manager_id: str) -> None:
+    if role != Role.MANAGER.value:
+        raise InvalidInput(
+            f"A manager id can only be bound to a user with the role 'manager'; this user's role "
+            f"is '{role}'.",
+            {"manager_id": manager_id, "role": role},
+        )
+
+
+def _bind(session: Session, user_id: int, manager_id: str | None) -> None:
+    if not repo.set_manager_id(session, user_id, manager_id):
+        raise Conflict(
+            f"The manager id '{manager_id}' is already bound to another user.", {"manager_id": manager_id}
+        )
 
 
 def register_user(
-    session: Session, username: str, password_hash: str, role: Role, *, actor: Principal | None
+    session: Session,
+    username: str,
+    password_hash: str,
+    role: Role,
+    *,
+    actor: Principal | None,
+    manager_id: str | None = None,
 ) -> User:
-    """Create a user. Raises `Forbidden` (role not allowed for `actor`) or `Conflict` (the username is
-    taken, in any case)."""
-    check_may_grant(role, actor)
+    """Create a user, bound to `manager_id` when given. Raises `Forbidden` (role or binding not
+    allowed for `actor`), `InvalidInput` (a manager id for a role other than `manager`) or
+    `Conflict` (the username is taken in any case, or the manager id is bound to another user)."""
+    check_may_grant(role, actor, manager_id=manager_id)
     user_id = repo.insert_if_absent(session, username, password_hash, role)
     if user_id is None:
         raise Conflict(f"The username '{username}' is already taken.", {"username": username})
+    if manager_id is not None:
+        _bind(session, user_id, manager_id)
     user = repo.get(session, user_id)
     assert user is not None
     return user
@@ -86,27 +139,52 @@ def list_users(session: Session, *, role: str | None, limit: int, offset: int) -
     return repo.list_page(session, role=role, limit=limit, offset=offset)
 
 
-def check_may_update(session: Session, user_id: int, *, actor: Principal, role: Role | None) -> None:
-    """Raises `UserNotFound` when `actor` may not see the user (or it is missing) and `Forbidden`
-    when a non-admin asks for a role change."""
-    get_user(session, user_id, viewer=actor)
+def check_may_update(
+    session: Session,
+    user_id: int,
+    *,
+    actor: Principal,
+    role: Role | None,
+    manager_id: ManagerIdChange = KEEP,
+) -> None:
+    """Raises `UserNotFound` when `actor` may not see the user (or it is missing), `Forbidden` when
+    a non-admin asks for a role change or a manager id change (`manager_id` other than `KEEP`), and
+    `InvalidInput` when a manager id would be bound to a user whose role (after the change) is not
+    `manager`."""
+    user = get_user(session, user_id, viewer=actor)
     if role is not None and not actor.is_admin:
         raise Forbidden("Only an admin can change a user's role.", {"role": role.value})
+    if manager_id is not KEEP:
+        _check_may_bind(actor, manager_id)
+        if manager_id is not None:
+            _check_bindable(role.value if role is not None else user.role, manager_id)
 
 
-def update_user(
+@dataclass(frozen=True)
+class UserChange:
+    """What `change_user` did: the user as stored now, and the names of the fields that changed
+    (a subset of `password`, `role`, `manager_id`, in that order)."""
+
+    user: User
+    changed: tuple[str, ...]
+
+
+def change_user(
     session: Session,
     user_id: int,
     *,
     actor: Principal,
     password_hash: str | None = None,
     role: Role | None = None,
-) -> User:
-    """Change a user's password (the user or an admin) and/or role (admins only).
+    manager_id: ManagerIdChange = KEEP,
+) -> UserChange:
+    """Change a user's password (the user or an admin), role and/or bound manager id (admins only;
+    None unbinds, `KEEP` leaves it). A user who stops being a `manager` is unbound.
 
     Raises `UserNotFound` (missing, or not visible to `actor`), `Forbidden` (a non-admin changing a
-    role) and `Conflict` (demoting the last admin)."""
-    check_may_update(session, user_id, actor=actor, role=role)
+    role or a binding), `InvalidInput` (binding a user who is not a manager), and `Conflict`
+    (demoting the last admin; a manager id bound to another user)."""
+    check_may_update(session, user_id, actor=actor, role=role, manager_id=manager_id)
     # A role change locks every admin row first, in id order, and only then the target: two admins
     # demoting each other queue on the same first lock instead of deadlocking, and the second one
     # sees the first one's change (and the 409 when only one admin is left).
@@ -117,18 +195,53 @@ def update_user(
     if user is None:
         raise UserNotFound(user_id)
     values: dict[str, object] = {}
+    changed: list[str] = []
+    if password_hash is not None:
+        values["password_hash"] = password_hash
+        values["password_changed_at"] = utcnow()
+        changed.append("password")
     if role is not None and role.value != user.role:
         if user.role == Role.ADMIN.value and admins == [user.id]:
             raise Conflict("The last admin cannot lose the admin role.", {"user_id": user_id})
         values["role"] = role.value
-    if password_hash is not None:
-        values["password_hash"] = password_hash
-        values["password_changed_at"] = utcnow()
+        changed.append("role")
+    new_role = role.value if role is not None else user.role
+    if manager_id is KEEP and user.manager_id is not None and new_role != Role.MANAGER.value:
+        manager_id = None  # the binding goes with the manager role
+    if manager_id is not KEEP and manager_id is not None:
+        _check_bindable(new_role, manager_id)  # re-checked under the lock: the role may have changed
     if values:
         repo.set_fields(session, user_id, **values)
+    if manager_id is not KEEP and manager_id != user.manager_id:
+        _bind(session, user_id, manager_id)
+        changed.append("manager_id")
+    if changed:
         user = repo.lock(session, user_id)
         assert user is not None
-    return user
+    return UserChange(user=user, changed=tuple(changed))
+
+
+def update_user(
+    session: Session,
+    user_id: int,
+    *,
+    actor: Principal,
+    password_hash: str | None = None,
+    role: Role | None = None,
+    manager_id: ManagerIdChange = KEEP,
+) -> User:
+    """`change_user`, returning only the user (same rules and errors)."""
+    return change_user(
+        session, user_id, actor=actor, password_hash=password_hash, role=role, manager_id=manager_id
+    ).user
+
+
+def manager_binding(session: Session, user_id: int) -> str | None:
+    """The store API `manager_id` bound to the user (e.g. `mgr_123`), or None when the user has
+    none or does not exist. With `STORE_REQUIRE_AUTH=true`, a `manager` may act in the store API
+    only for this id (admins for any, customers for none; CONTRACT.md, "Store API"; issue 4 item 5).
+    Reads the database every time, so an unbinding takes effect at once."""
+    return repo.manager_id_of(session, user_id)
 
 
 def credentials_of(session: Session, username: str) -> tuple[Principal, str] | None:

@@ -84,7 +84,7 @@ async def test_anonymous_registration_creates_a_customer(anon):
     response = await register(anon, "alice")
     assert response.status_code == 201, response.text
     body = response.json()
-    assert set(body) == {"id", "username", "role", "created_at"}
+    assert set(body) == {"id", "username", "role", "manager_id", "created_at"}
     assert body["username"] == "alice"
     assert body["role"] == "customer"
     assert isinstance(body["id"], int)
@@ -119,7 +119,7 @@ async def test_the_password_and_its_hash_never_appear_in_a_response(anon, client
     for response in responses[1:4]:
         bodies = response.json() if isinstance(response.json(), list) else [response.json()]
         for body in bodies:
-            assert set(body) == {"id", "username", "role", "created_at"}
+            assert set(body) == {"id", "username", "role", "manager_id", "created_at"}
 
 
 @pytest.mark.parametrize("role", ["manager", "admin", "Manager", "ADMIN"])
@@ -399,7 +399,7 @@ async def test_a_user_reads_themself(anon, role):
         assert response.json()["id"] == user.id
         assert response.json()["username"] == user.username
         assert response.json()["role"] == role
-        assert set(response.json()) == {"id", "username", "role", "created_at"}
+        assert set(response.json()) == {"id", "username", "role", "manager_id", "created_at"}
 
 
 @pytest.mark.parametrize("role", ["customer", "manager"])
@@ -449,7 +449,7 @@ async def test_the_admin_lists_users_with_a_total(client):
     assert response.headers["x-total-count"] == "4"
     body = response.json()
     assert [u["id"] for u in body] == [ADMIN.id, *(u.id for u in made)]
-    assert all(set(u) == {"id", "username", "role", "created_at"} for u in body)
+    assert all(set(u) == {"id", "username", "role", "manager_id", "created_at"} for u in body)
 
 
 async def test_the_user_list_filters_by_role_and_paginates(client):

@@ -1,0 +1,59 @@
+"""Audit log shapes: the filter of `GET /audit-log` and a row as the API shows it (docs/audit.md)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def check_aware(value: datetime | None) -> datetime | None:
+    """`value` in UTC if it carries a timezone (or None); ValueError with a sentence otherwise.
+    A naive time is ambiguous (whose local time?), so it is refused rather than guessed. The
+    conversion matters on SQLite, which stores and compares the UTC wall time as text."""
+    if value is None:
+        return None
+    if value.utcoffset() is None:
+        raise ValueError(
+            "Timestamps must be ISO-8601 with a timezone, e.g. 2026-11-21T10:00:00Z or "
+            "2026-11-21T12:00:00+02:00."
+        )
+    return value.astimezone(UTC)
+
+
+#: An ISO-8601 datetime with a timezone (`Z` or `+hh:mm`), converted to UTC; a naive one is a
+#: validation error.
+AwareTimestamp = Annotated[datetime, AfterValidator(check_aware)]
+
+
+class AuditFilter(BaseModel):
+    """What `GET /audit-log` narrows by; every field optional, all given ones must match.
+
+    `since` is inclusive and `until` exclusive (`since <= at < until`), both timezone-aware."""
+
+    model_config = ConfigDict(frozen=True)
+
+    actor: str | None = Field(default=None, max_length=100)
+    action: str | None = Field(default=None, max_length=64)
+    entity: str | None = Field(default=None, max_length=32)
+    entity_id: str | None = Field(default=None, max_length=64)
+    request_id: str | None = Field(default=None, max_length=128)
+    since: AwareTimestamp | None = None
+    until: AwareTimestamp | None = None
+
+
+class AuditEntryRead(BaseModel):
+    """One audit row: `at` in UTC; `entity_id` is the id as text; `request_id` is the request's
+    `X-Request-ID` (null when no request was behind it); `details` a small object or null."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    entity: str
+    entity_id: str
+    request_id: str | None
+    details: dict[str, Any] | None
