@@ -42,8 +42,20 @@ order_time_to_outcome = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=registry,
 )
+store_listing_cache = Counter(
+    "orderflow_store_listing_cache_total",
+    "Store listings (GET /api/inventory/products) answered from the cache (hit) or the database (miss).",
+    ["result"],
+    registry=registry,
+)
 queue_depth = Gauge(
     "orderflow_queue_depth",
     "Messages waiting in the orders queue of the broker (-1 when it cannot be read).",
+    registry=registry,
+)
+store_rate_limit_unavailable = Counter(
+    "orderflow_store_rate_limit_unavailable_total",
+    "Store API requests served without a rate-limit check because its storage (Redis) was unreachable"
+    " (fail open; see api/ratelimit.py).",
     registry=registry,
 )

@@ -57,7 +57,7 @@ class RequestContextMiddleware:
         except Exception:  # noqa: BLE001 - the last line of defence: answer the generic 500
             error_log.exception("unhandled error request_id=%s", request_id)
             if not response_started:
-                body = json.dumps(internal_error_body()).encode()
+                body = json.dumps(internal_error_body(scope["path"])).encode()
                 await send_with_id(
                     {
                         "type": "http.response.start",
@@ -86,6 +86,7 @@ class RequestContextMiddleware:
                         "duration_ms": round(elapsed * 1000, 2),
                         "client": (scope.get("client") or ("-",))[0],
                         "user": _username(scope),
+                        "manager_id": (scope.get("state") or {}).get("manager_id"),
                     },
                 )
             request_id_var.reset(token)

@@ -50,7 +50,13 @@ class Settings(BaseSettings):
     auth_cache_max_entries: int = Field(default=10_000, ge=1)
 
     store_rate_limit: str = "100/hour"
-    store_require_auth: bool = False
+    store_require_auth: bool = Field(
+        default=False,
+        description="Store routes need the core API's credentials, and a manager only their manager_id",
+    )
+    store_cache_seconds: float = Field(
+        default=300, ge=0, description="TTL of a cached store listing; 0 = no listing cache"
+    )
     order_wait_seconds: float = Field(default=10, ge=0, le=60)
     order_sweep_after_seconds: float = Field(default=30, gt=0)
     order_sweep_interval_seconds: float = Field(default=10, gt=0)
@@ -92,6 +98,25 @@ class Settings(BaseSettings):
     def _blank_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
             return None
+        return value
+
+    @field_validator("store_rate_limit")
+    @classmethod
+    def _one_rate_limit(cls, value: str) -> str:
+        """`STORE_RATE_LIMIT` must be exactly one limit in the `limits` notation (`100/hour`,
+        `10 per minute`, `1000/2 hours`) with an amount of at least 1: a bad value stops start-up
+        instead of leaving the store API unlimited or closed."""
+        from limits import parse_many
+
+        try:
+            items = parse_many(value)
+        except ValueError:
+            items = []
+        if len(items) != 1 or items[0].amount < 1:
+            raise ValueError(
+                f"STORE_RATE_LIMIT must be one rate limit such as '100/hour' or '10 per minute' "
+                f"(an amount of at least 1 per second, minute, hour, day, month or year); got {value!r}"
+            )
         return value
 
     @property

@@ -1,0 +1,363 @@
+"""The store API's rate limit (CONTRACT.md, "Store API"; issue 4, item 2).
+
+`STORE_RATE_LIMIT` (default `100/hour`) requests per `manager_id`, counted in Redis so that every API
+process shares one budget (in this process's memory on the embedded default, which has one process).
+The counting is done by the `limits` library; this module only chooses the key and renders HTTP.
+
+Strategy: **moving window** (`limits.aio.strategies.MovingWindowRateLimiter`). Each accepted request
+is a timestamp in a Redis list trimmed to the limit, added by one atomic Lua script, so the count is
+exact across processes and there is no burst at a window boundary (a fixed window lets a manager spend
+200 requests in two minutes around the hour). The price is one list of at most `limit` timestamps per
+key (100 floats for the default) and a binary search over it per request; a rejected request adds no
+entry, so a client that keeps retrying does not push its own reset further away. The sliding window
+counter would be cheaper still but is an approximation, and the contract states an exact 100 per hour.
+
+Key: `manager:<manager_id>` when the request names one, read where the store routes read it: the
+query string of a GET or HEAD (the body is ignored), the top-level string `manager_id` of a JSON
+object body for the other methods (the query string when the body has none); 1-64 characters. Reading
+it from the place the route uses keeps a client from spending another manager's name's budget while
+acting as its own. Without one the key is `client:<address>` (the peer address of the connection;
+behind a proxy, the proxy's, unless uvicorn is run with `--proxy-headers`). Redis keys
+are `{REDIS_KEY_PREFIX}orderflow:ratelimit:LIMITER/<key>/<amount>/<multiple>/<unit>`.
+
+Headers (draft-ietf-httpapi-ratelimit-headers-07, the three-field form) on every `/api/` response,
+including the app's own 400/404/500 and this module's 413/429:
+
+* `RateLimit-Limit`: the amount of the limit (`100`);
+* `RateLimit-Remaining`: requests left in the window after this one;
+* `RateLimit-Reset`: whole seconds (at least 1) until the oldest request in the window expires, i.e.
+  until one more request will be accepted;
+* `RateLimit-Policy`: the limit and its window in seconds (`100;w=3600`).
+
+Over the limit: 429 with the store envelope, code `RATE_LIMIT_EXCEEDED`, and `Retry-After` (RFC 9110,
+section 10.2.3; whole seconds, at least 1, equal to `RateLimit-Reset`).
+
+The body is read here (to find `manager_id`) and replayed to the app; it is capped at 1 MiB, above
+which the answer is 413 `PAYLOAD_TOO_LARGE` without reading further.
+
+Redis unreachable: the request is served without a limit and without the headers (fail open: the
+limit protects the service, it must not be the reason the service is down), a warning is logged at
+most every 30 s, and `orderflow_store_rate_limit_unavailable_total` counts the requests. After a
+failure the limiter is not tried again for one second, so a Redis that does not answer costs at most
+one socket timeout per second rather than one per request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import redis.asyncio as aioredis
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import metrics
+from api.errors import internal_error_body, is_store_path, store_envelope
+from core.config import Settings, settings
+
+log = logging.getLogger("orderflow.ratelimit")
+
+#: Largest request body the store API reads, in bytes (larger: 413).
+MAX_BODY_BYTES = 1024 * 1024
+#: Longest `manager_id` used as a rate-limit key; a longer one counts as no manager id.
+MAX_MANAGER_ID_CHARS = 64
+#: Socket timeouts of the limiter's Redis connections, in seconds.
+REDIS_TIMEOUT_SECONDS = 1.0
+#: After a storage failure, requests skip the limiter (fail open) for this long, in seconds.
+RETRY_STORAGE_AFTER_SECONDS = 1.0
+#: At most one "limiter unavailable" warning per this many seconds.
+WARN_EVERY_SECONDS = 30.0
+
+
+def limiter_key_prefix(cfg: Settings) -> str:
+    """Prefix of the limiter's Redis keys: `{REDIS_KEY_PREFIX}orderflow:ratelimit`."""
+    return f"{cfg.redis_key_prefix}orderflow:ratelimit"
+
+
+def limits_storage_uri(redis_url: str) -> str:
+    """The `limits` asyncio storage URI of a redis-py URL: `redis://h:6379/0` ->
+    `async+redis://h:6379/0`, `rediss://` -> `async+rediss://`, `unix://` -> `async+redis+unix://`."""
+    scheme, sep, rest = redis_url.partition("://")
+    if not sep:
+        raise ValueError(f"REDIS_URL is not a URL: {redis_url!r}")
+    mapped = {"redis": "async+redis", "rediss": "async+rediss", "unix": "async+redis+unix"}.get(scheme)
+    if mapped is None:
+        raise ValueError(f"REDIS_URL has an unsupported scheme: {scheme!r}")
+    return f"{mapped}://{rest}"
+
+
+def redis_pool(redis_url: str) -> aioredis.ConnectionPool:
+    """The limiter's Redis connections, with short socket timeouts so that an unreachable Redis
+    fails fast (and the request is served: fail open)."""
+    return aioredis.ConnectionPool.from_url(
+        redis_url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+    )
+
+
+def make_storage(cfg: Settings, pool: aioredis.ConnectionPool | None = None) -> Storage:
+    """The limiter's storage: Redis (shared by every API process) when `REDIS_URL` is set, else this
+    process's memory (the embedded default, which runs one API process). `pool` (default: a new
+    `redis_pool`) holds the Redis connections; its owner closes it."""
+    if cfg.redis_url is None:
+        return MemoryStorage()
+    if pool is None:
+        pool = redis_pool(cfg.redis_url)
+    return RedisStorage(
+        limits_storage_uri(cfg.redis_url),
+        implementation="redispy",
+        key_prefix=limiter_key_prefix(cfg),
+        wrap_exceptions=True,
+        connection_pool=pool,
+    )
+
+
+def valid_manager_id(value: object) -> str | None:
+    """`value` when it is a usable manager id (a string of 1-64 characters, not all blank)."""
+    if isinstance(value, str) and value.strip() and len(value) <= MAX_MANAGER_ID_CHARS:
+        return value
+    return None
+
+
+def manager_id_of(method: str, query_string: bytes, content_type: str | None, body: bytes) -> str | None:
+    """The request's `manager_id`, from where the store routes read it: for GET and HEAD the query
+    parameter; for other methods the top-level `manager_id` of a JSON object body (a body with no
+    content type is read as JSON too, as FastAPI does), else the query parameter. A repeated query
+    parameter or JSON key counts by its last value, as FastAPI reads it. None when the value found
+    is not a valid manager id (`valid_manager_id`) or there is none."""
+    if method not in ("GET", "HEAD"):
+        data = _json_object(content_type, body)
+        if "manager_id" in data:
+            return valid_manager_id(data["manager_id"])
+    found: str | None = None
+    if b"manager_id" in query_string:
+        for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+            if name == "manager_id":
+                found = value
+    return valid_manager_id(found)
+
+
+def _json_object(content_type: str | None, body: bytes) -> dict[str, Any]:
+    """`body` parsed when it is a JSON object sent as JSON (or with no content type), else {}."""
+    if not body or (content_type is not None and "json" not in content_type.lower()):
+        return {}
+    if body.lstrip()[:1] != b"{":
+        return {}
+    try:
+        data = json.loads(body)
+    except ValueError:  # not JSON, or not UTF-8: the app answers 400
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One request's outcome: accepted or not, and the numbers for the headers."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: int
+    window_seconds: int
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"ratelimit-limit", str(self.limit).encode()),
+            (b"ratelimit-remaining", str(self.remaining).encode()),
+            (b"ratelimit-reset", str(self.reset_seconds).encode()),
+            (b"ratelimit-policy", f"{self.limit};w={self.window_seconds}".encode()),
+        ]
+
+
+class StoreRateLimitMiddleware:
+    """Pure ASGI middleware limiting `/api/` requests; other paths pass through untouched.
+
+    Place it inside `api.middleware.RequestContextMiddleware` (add it before that one), which logs
+    the request with the `manager_id` this middleware puts in `scope["state"]` and turns an exception
+    that escaped the app into its log line (this middleware has already answered the 500 by then).
+
+    `cfg` (default: the process settings) gives `STORE_RATE_LIMIT`, `REDIS_URL` and
+    `REDIS_KEY_PREFIX`; the storage is made on the first request, in the serving event loop, and its
+    connections are closed at lifespan shutdown. Raises `ValueError` for a bad `STORE_RATE_LIMIT`.
+    """
+
+    def __init__(self, app: ASGIApp, cfg: Settings = settings) -> None:
+        self.app = app
+        self.cfg = cfg
+        self.item: RateLimitItem = parse(cfg.store_rate_limit)
+        self._pool: aioredis.ConnectionPool | None = None
+        self._limiter: MovingWindowRateLimiter | None = None
+        self._skip_until = 0.0
+        self._last_warning = -math.inf
+
+    @property
+    def limiter(self) -> MovingWindowRateLimiter:
+        if self._limiter is None:
+            self._pool = redis_pool(self.cfg.redis_url) if self.cfg.redis_url else None
+            self._limiter = MovingWindowRateLimiter(make_storage(self.cfg, self._pool))
+        return self._limiter
+
+    async def aclose(self) -> None:
+        """Close the limiter's Redis connections (a no-op before the first request)."""
+        pool, self._pool, self._limiter = self._pool, None, None
+        if pool is not None:
+            await pool.disconnect()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, self._closing_on_shutdown(send))
+            return
+        if scope["type"] != "http" or not is_store_path(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+
+        content_type = _header(scope, b"content-type")
+        declared = _header(scope, b"content-length")
+        too_large = declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES
+        body = b""
+        if not too_large:
+            read = await _read_body(receive, MAX_BODY_BYTES)
+            if read is None:  # the client went away before sending the whole body
+                return
+            body, too_large = read
+
+        manager_id = manager_id_of(
+            scope["method"], scope.get("query_string", b""), content_type, b"" if too_large else body
+        )
+        state = scope.setdefault("state", {})
+        state["manager_id"] = manager_id
+        key = f"manager:{manager_id}" if manager_id else f"client:{(scope.get('client') or ('-',))[0]}"
+        decision = await self.decide(key)
+        extra = decision.headers() if decision is not None else []
+
+        if decision is not None and not decision.allowed:
+            retry = decision.reset_seconds
+            who = f"manager {manager_id}" if manager_id else "this client address"
+            message = (
+                f"Rate limit exceeded: the store API allows {self.item} for {who}. "
+                f"Retry in {retry} second{'s' if retry != 1 else ''}."
+            )
+            details = {"limit": str(self.item), "manager_id": manager_id, "retry_after_seconds": retry}
+            await _send_json(
+                send,
+                429,
+                store_envelope("RATE_LIMIT_EXCEEDED", message, details),
+                [*extra, (b"retry-after", str(retry).encode())],
+            )
+            return
+        if too_large:
+            message = f"The request body is larger than {MAX_BODY_BYTES} bytes (1 MiB)."
+            details = {"max_bytes": MAX_BODY_BYTES}
+            await _send_json(send, 413, store_envelope("PAYLOAD_TOO_LARGE", message, details), extra)
+            return
+
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if extra:
+                    message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        try:
+            await self.app(scope, replay, send_with_headers)
+        except Exception:
+            # Answer the 500 here so that it carries the headers too, then let the exception reach
+            # RequestContextMiddleware, which logs it with the request id (and sends nothing more).
+            if not started:
+                await _send_json(send_with_headers, 500, internal_error_body(scope["path"]), [])
+            raise
+
+    async def decide(self, key: str) -> Decision | None:
+        """Count one request for `key`; None when the storage is unreachable (fail open)."""
+        now = time.monotonic()
+        if now < self._skip_until:
+            metrics.store_rate_limit_unavailable.inc()
+            return None
+        try:
+            limiter = self.limiter
+            allowed = await limiter.hit(self.item, key)
+            stats = await limiter.get_window_stats(self.item, key)
+        except (StorageError, OSError, TimeoutError) as exc:
+            self._skip_until = now + RETRY_STORAGE_AFTER_SECONDS
+            metrics.store_rate_limit_unavailable.inc()
+            if now - self._last_warning >= WARN_EVERY_SECONDS:
+                self._last_warning = now
+                log.warning(
+                    "store rate limit unavailable, serving without it (fail open): %s",
+                    exc,
+                    extra={"error": type(exc).__name__},
+                )
+            return None
+        window = self.item.get_expiry()
+        reset = min(window, max(1, math.ceil(stats.reset_time - time.time())))
+        return Decision(allowed, self.item.amount, max(0, stats.remaining), reset, window)
+
+    def _closing_on_shutdown(self, send: Send) -> Send:
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.aclose()
+            await send(message)
+
+        return wrapped
+
+
+async def _read_body(receive: Receive, cap: int) -> tuple[bytes, bool] | None:
+    """The whole request body and False, or what was read and True once it passes `cap` bytes;
+    None when the client disconnected."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > cap:
+            return b"", True
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), False
+
+
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
+) -> None:
+    raw = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(raw)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": raw})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return None
