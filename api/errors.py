@@ -42,14 +42,40 @@ def envelope(title: str, message: str, code: str, details: dict[str, Any] | None
     }
 
 
-def error_response(exc: DomainError, headers: dict[str, str] | None = None) -> JSONResponse:
+#: Every path of the store API starts with this (CONTRACT.md, "Store API").
+STORE_PREFIX = "/api/"
+
+
+def is_store_path(path: str) -> bool:
+    """True for a path of the store API, whose errors use the nested envelope."""
+    return path.startswith(STORE_PREFIX)
+
+
+def store_envelope(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The store API's error body (CONTRACT.md, "Store API"):
+    `{"error": {"code": "INVALID_REQUEST", "message": "...", "details": {...}}}`. The request id is
+    in the `X-Request-ID` header, not in the body."""
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def error_body(path: str, title: str, message: str, code: str, details: dict[str, Any] | None = None) -> dict:
+    """The error body for `path`: the store envelope under `/api/`, the core envelope elsewhere."""
+    if is_store_path(path):
+        return store_envelope(code, message, details)
+    return envelope(title, message, code, details)
+
+
+def error_response(
+    exc: DomainError, headers: dict[str, str] | None = None, *, path: str = "/"
+) -> JSONResponse:
     if isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": exc.challenge, **(headers or {})}
-    return JSONResponse(envelope(exc.title, exc.message, exc.code, exc.details), exc.status, headers=headers)
+    body = error_body(path, exc.title, exc.message, exc.code, exc.details)
+    return JSONResponse(body, exc.status, headers=headers)
 
 
-def internal_error_body() -> dict[str, Any]:
-    return envelope("Internal Server Error", INTERNAL_MESSAGE, "INTERNAL_ERROR")
+def internal_error_body(path: str = "/") -> dict[str, Any]:
+    return error_body(path, "Internal Server Error", INTERNAL_MESSAGE, "INTERNAL_ERROR")
 
 
 # --- validation messages -------------------------------------------------------------------------
@@ -114,6 +140,95 @@ def validation_details(request: Request, errors: list[dict[str, Any]]) -> tuple[
     return " ".join(seen), {"fields": fields}
 
 
+def store_field_path(loc: tuple | list) -> str:
+    """A pydantic error location as the store API names fields: `products[0].price`; query
+    parameters by their name (`status`)."""
+    out = ""
+    for part in loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+def _store_field_message(field: str, err: dict[str, Any]) -> str:
+    """One sentence for one pydantic error, naming the field as the store API does."""
+    kind = str(err.get("type", ""))
+    ctx = err.get("ctx") or {}
+    msg = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+    if kind == "missing":
+        return f"{field} is required."
+    if kind == "json_invalid":
+        return "The request body is not valid JSON."
+    if field == "body" and kind in {"model_attributes_type", "dict_type", "model_type"}:
+        return "The request body must be a JSON object."
+    if kind == "extra_forbidden":
+        return f"Unknown field '{field}'."
+    if kind in {"int_type", "int_parsing", "int_from_float"}:
+        return f"{field} must be a whole number."
+    if kind in {"decimal_type", "decimal_parsing", "float_type", "float_parsing"}:
+        return f"{field} must be a number."
+    if kind == "decimal_max_places":
+        return f"{field} must have at most {ctx.get('decimal_places', 2)} decimal places."
+    if kind == "decimal_max_digits":
+        return f"{field} is too large."
+    if kind == "string_type":
+        return f"{field} must be a string."
+    if kind == "string_too_short":
+        return f"{field} must not be empty."
+    if kind == "string_too_long":
+        return f"{field} must be at most {ctx.get('max_length')} characters long."
+    if kind == "string_pattern_mismatch":
+        return f"{field} may only contain letters, digits, '_', '.', ':' and '-'."
+    if kind == "greater_than_equal":
+        bound = ctx.get("ge")
+        return f"{field} cannot be negative." if bound in (0, "0") else f"{field} must be at least {bound}."
+    if kind == "less_than_equal":
+        return f"{field} must be at most {ctx.get('le')}."
+    if kind == "too_short":
+        least = ctx.get("min_length")
+        return f"{field} must have at least {least} item{'' if least == 1 else 's'}."
+    if kind == "too_long":
+        return f"{field} must have at most {ctx.get('max_length')} items."
+    if kind == "list_type":
+        return f"{field} must be a list."
+    if kind in {"model_type", "model_attributes_type", "dict_type"}:
+        return f"{field} must be an object."
+    if kind == "bool_type":
+        return f"{field} must be true or false."
+    if kind == "enum":
+        return f"{field} must be one of {ctx.get('expected', 'the documented values')}."
+    if kind == "value_error":
+        if msg.startswith("value is not a valid email address"):
+            reason = msg.partition(": ")[2]
+            reason = reason[:1].lower() + reason[1:]
+            return f"{field} is not a valid email address" + (f": {reason}" if reason else ".")
+        return f"{field} {msg}" if msg[:1].islower() else f"{field}: {msg}"
+    return f"{field}: {msg[:1].lower() + msg[1:]}"
+
+
+def store_validation_details(errors: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """(message, details) of a store API validation failure: the message has a sentence per problem;
+    `details.field` names the first field that failed (CONTRACT.md, "Store API") and
+    `details.fields` lists each one as `{field, message, type}`."""
+    fields = []
+    for err in errors:
+        kind = err.get("type")
+        field = "body" if kind == "json_invalid" else store_field_path(err.get("loc", ()))
+        text = _store_field_message(field, err)
+        if not text.endswith("."):
+            text += "."
+        fields.append({"field": field, "message": text, "type": kind})
+    if not fields:
+        fields.append({"field": "body", "message": "The request is invalid.", "type": "invalid"})
+    messages: list[str] = []
+    for f in fields:
+        if f["message"] not in messages:
+            messages.append(f["message"])
+    return " ".join(messages), {"field": fields[0]["field"], "fields": fields}
+
+
 def _needs_credentials(route: Any) -> bool:
     """True when the route requires credentials: it depends on `api.deps.current_principal` or
     `api.deps.current_role`, directly or through a role guard."""
@@ -132,7 +247,7 @@ def _needs_credentials(route: Any) -> bool:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> JSONResponse:
-        return error_response(exc)
+        return error_response(exc, path=request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -147,7 +262,10 @@ def install_error_handlers(app: FastAPI) -> None:
         ):
             from api.auth import MISSING_MESSAGE
 
-            return error_response(Unauthorized(MISSING_MESSAGE))
+            return error_response(Unauthorized(MISSING_MESSAGE), path=request.url.path)
+        if is_store_path(request.url.path):
+            message, details = store_validation_details(errors)
+            return JSONResponse(store_envelope("INVALID_REQUEST", message, details), 400)
         message, details = validation_details(request, errors)
         return JSONResponse(envelope("Invalid input", message, "INVALID_REQUEST", details), 400)
 
@@ -159,5 +277,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400:
             title, code, message = "Invalid input", "INVALID_REQUEST", "The request is malformed."
         return JSONResponse(
-            envelope(title, message, code), exc.status_code, headers=getattr(exc, "headers", None)
+            error_body(request.url.path, title, message, code),
+            exc.status_code,
+            headers=getattr(exc, "headers", None),
         )

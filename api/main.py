@@ -17,9 +17,11 @@ from fastapi import FastAPI
 from api.auth import Authenticator
 from api.dispatch import OrderDispatcher
 from api.errors import install_error_handlers
+from api.listing_cache import ListingCache
 from api.middleware import RequestContextMiddleware
 from api.openapi import drop_validation_422
-from api.routes import health, orders, products, users
+from api.ratelimit import StoreRateLimitMiddleware
+from api.routes import audit, health, orders, products, store, users
 from api.waiters import OrderEventRelay
 from core.config import Settings, settings
 from core.db import make_async_engine, make_async_sessionmaker
@@ -100,6 +102,7 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
         await ensure_first_admin(app, cfg)
         app.state.dispatcher = OrderDispatcher()
         app.state.redis = aioredis.Redis.from_url(cfg.redis_url) if cfg.redis_url else None
+        app.state.listing_cache = ListingCache(app.state.redis, cfg.store_cache_seconds)
         relay = OrderEventRelay(cfg.redis_url) if cfg.redis_url else None
         if relay is not None:
             relay.start()
@@ -130,11 +133,16 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
     )
+    app.state.settings = cfg
     install_error_handlers(app)
+    # Starlette runs the last added middleware outermost: the request context wraps the rate limit.
+    app.add_middleware(StoreRateLimitMiddleware, cfg=cfg)
     app.add_middleware(RequestContextMiddleware)
     app.include_router(users.router)
     app.include_router(products.router)
     app.include_router(orders.router)
+    app.include_router(audit.router)
+    app.include_router(store.router)
     app.include_router(health.router)
     drop_validation_422(app)
     return app

@@ -188,3 +188,125 @@ def drop_validation_422(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+# --- the store API (CONTRACT.md, "Store API") -----------------------------------------------------
+
+
+class StoreErrorDetail(BaseModel):
+    code: str = Field(examples=["INVALID_REQUEST"])
+    message: str = Field(examples=["products[0].price is required."])
+    details: dict[str, Any] = Field(default_factory=dict, examples=[{"field": "products[0].price"}])
+
+
+class StoreErrorBody(BaseModel):
+    """The store API's nested error envelope."""
+
+    error: StoreErrorDetail
+
+
+def _store_ex(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def _field_ex(field: str, message: str, kind: str) -> dict[str, Any]:
+    return _store_ex(
+        "INVALID_REQUEST",
+        message,
+        {"field": field, "fields": [{"field": field, "message": message, "type": kind}]},
+    )
+
+
+STORE_EXAMPLES: dict[str, dict[str, Any]] = {
+    "invalid_request": _field_ex("products[0].price", "products[0].price is required.", "missing"),
+    "duplicate_in_batch": _store_ex(
+        "INVALID_REQUEST",
+        "products[1].name: 'Product A' is already given by products[0]; name each product once per batch.",
+        {"field": "products[1].name", "duplicate_of": "products[0]"},
+    ),
+    "missing_manager_id": _field_ex("manager_id", "manager_id is required.", "missing"),
+    "invalid_status": _field_ex(
+        "status", "status: input should be 'in_stock', 'out_of_stock' or 'discontinued'.", "enum"
+    ),
+    "invalid_email": _field_ex(
+        "customer.email",
+        "customer.email: value is not a valid email address: an email address must have an @-sign.",
+        "value_error",
+    ),
+    "invalid_order_id": _field_ex(
+        "order_id", "order_id must look like 'ord_001': 'ord_' followed by digits.", "value_error"
+    ),
+    "product_not_found": _store_ex(
+        "PRODUCT_NOT_FOUND", "The product with ID prod_042 does not exist.", {"product_id": "prod_042"}
+    ),
+    "order_not_found": _store_ex(
+        "ORDER_NOT_FOUND", "The order with ID ord_789 does not exist.", {"order_id": "ord_789"}
+    ),
+    "insufficient_stock": _store_ex(
+        "INSUFFICIENT_STOCK",
+        "There are only 5 units of Product A in stock, but you requested 10.",
+        {"product_id": "prod_001", "available": 5, "requested": 10},
+    ),
+    "discontinued": _store_ex(
+        "PRODUCT_DISCONTINUED",
+        "The product Product A (ID prod_001) is discontinued and cannot be ordered.",
+        {"product_id": "prod_001"},
+    ),
+    "idempotency_conflict": _store_ex(
+        "CONFLICT",
+        "The idempotency key 'abc' was already used with a different request.",
+        {"idempotency_key": "abc"},
+    ),
+    "rate_limited": _store_ex(
+        "RATE_LIMIT_EXCEEDED",
+        "Rate limit of 100 per 1 hour exceeded for manager_id 'mgr_123'; retry in 1312 seconds.",
+        {"limit": "100 per 1 hour", "manager_id": "mgr_123", "retry_after_seconds": 1312},
+    ),
+    "unauthorized": _store_ex(
+        "UNAUTHORIZED", "Authentication required: send Basic credentials or a Bearer token."
+    ),
+    "forbidden": _store_ex(
+        "FORBIDDEN",
+        "Your account may act for manager_id 'mgr_123' only.",
+        {"manager_id": "mgr_999", "bound_manager_id": "mgr_123"},
+    ),
+    "internal": _store_ex("INTERNAL_ERROR", "An unexpected error occurred, please try again later."),
+}
+
+_STORE_DESCRIPTIONS = {
+    202: "Still pending after ORDER_WAIT_SECONDS: poll Location",
+    400: "Invalid request or a rejected order",
+    401: "No or bad credentials (only with STORE_REQUIRE_AUTH=true)",
+    403: "Not this manager_id's account (only with STORE_REQUIRE_AUTH=true)",
+    404: "Not found",
+    409: "Idempotency key reused with another body",
+    429: "Rate limit exceeded (see Retry-After)",
+    500: "Unexpected error",
+}
+
+
+def store_responses(**statuses: list[str]) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a store route, with the nested envelope's examples; 400, 401, 403, 429 and 500
+    are always listed. `_202=["pending"]` documents the pending answer of the order routes."""
+    out: dict[int | str, dict[str, Any]] = {}
+    statuses = {"_401": ["unauthorized"], "_403": ["forbidden"], **statuses}
+    statuses.setdefault("_400", ["invalid_request"])
+    statuses.setdefault("_429", ["rate_limited"])
+    statuses.setdefault("_500", ["internal"])
+    for key, names in sorted(statuses.items(), key=lambda kv: int(kv[0].lstrip("_"))):
+        code = int(key.lstrip("_"))
+        if code == 202:
+            out[code] = {
+                "description": _STORE_DESCRIPTIONS[202],
+                "content": {"application/json": {"example": {"order_id": "ord_789", "status": "pending"}}},
+                "headers": {"Location": {"schema": {"type": "string"}, "example": "/api/orders/ord_789"}},
+            }
+            continue
+        out[code] = {
+            "model": StoreErrorBody,
+            "description": _STORE_DESCRIPTIONS.get(code, STORE_EXAMPLES[names[0]]["error"]["code"]),
+            "content": {
+                "application/json": {"examples": {name: {"value": STORE_EXAMPLES[name]} for name in names}}
+            },
+        }
+    return out

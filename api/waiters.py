@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 
@@ -18,6 +21,8 @@ from core.events import CHANNEL, hub
 log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 2.0
+
+T = TypeVar("T")
 
 
 class OrderEventRelay:
@@ -68,3 +73,24 @@ class OrderEventRelay:
                 delay = min(delay * 2, 10)
             finally:
                 await client.aclose()
+
+
+async def wait_while_pending(
+    order_id: int, wait: float, read: Callable[[], Awaitable[T]], pending: Callable[[T], bool]
+) -> tuple[T, bool]:
+    """Call `read()` until `pending(result)` is false or `wait` seconds pass, re-reading whenever a
+    worker says order `order_id` changed (or every RECHECK_SECONDS). The notification is watched
+    before the first read, so a change between a read and the wait is not missed. `read` must not
+    hold a transaction or a lock across calls. Returns (last result, whether it waited at all)."""
+    deadline = time.monotonic() + wait
+    waited = False
+    with hub.watch(order_id) as changed:
+        while True:
+            result = await read()
+            remaining = deadline - time.monotonic()
+            if not pending(result) or remaining <= 0:
+                return result, waited
+            waited = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(remaining, RECHECK_SECONDS))
+            changed.clear()

@@ -7,8 +7,6 @@ with `?wait=N`.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from typing import Annotated
 
@@ -21,9 +19,11 @@ from api import metrics
 from api.deps import CurrentUser, PageDep, SessionDep, StaffUser
 from api.openapi import responses
 from api.pagination import set_page_headers
-from api.waiters import RECHECK_SECONDS
+from api.waiters import wait_while_pending
+from core.audit import service as audit
+from core.audit.models import AuditAction, AuditEntity
 from core.config import settings
-from core.events import hub, publish_order_changed
+from core.events import publish_order_changed
 from core.orders import service
 from core.orders.models import OrderStatus
 from core.orders.schemas import OrderCreate, OrderRead, OrderStatusUpdate
@@ -43,6 +43,17 @@ IdempotencyKeyHeader = Annotated[
 _404 = ["order_not_found"]
 #: Seconds a client should wait before polling a pending order again.
 RETRY_AFTER_SECONDS = "1"
+
+
+async def _audit(
+    session: AsyncSession, actor: str, action: str, order_id: int, details: dict | None = None
+) -> None:
+    """Record the write in the audit log, in the request's transaction (committed with it)."""
+    await session.run_sync(
+        lambda s: audit.record(
+            s, actor=actor, action=action, entity=AuditEntity.ORDER, entity_id=order_id, details=details
+        )
+    )
 
 
 def _order_response(order: OrderRead, status_code: int = 200, **headers: str) -> JSONResponse:
@@ -77,6 +88,9 @@ async def create_order(
         lambda s: service.place_order(s, body.merged_lines(), user_id=user.id, idempotency=idem)
     )
     order = OrderRead.of(placed.order)
+    if not placed.replayed:  # a replay writes nothing
+        details = {"lines": len(order.products), "total_price": f"{order.total_price:.2f}"}
+        await _audit(session, user.username, AuditAction.ORDER_CREATE, order.id, details)
     await session.commit()
     headers = {"Location": f"/orders/{order.id}"}
     if placed.replayed:
@@ -134,26 +148,16 @@ async def get_order(
 async def _wait_for_outcome(
     session: AsyncSession, order_id: int, wait: float, owner: int | None
 ) -> OrderRead:
-    """Read the order, and while it is `pending` re-read it whenever a worker says it changed (or
-    every RECHECK_SECONDS), until it leaves `pending` or `wait` seconds pass. The notification is
-    watched before the first read, so a change between the read and the wait is not missed. No
+    """The order once it left `pending`, or as it is after `wait` seconds (`api.waiters`). No
     transaction, connection or SQLite lock is held while waiting."""
     started = time.monotonic()
-    deadline = started + wait
-    waited = False
-    with hub.watch(order_id) as changed:
-        while True:
-            order = OrderRead.of(
-                await session.run_sync(lambda s: service.get_order(s, order_id, user_id=owner))
-            )
-            await session.rollback()
-            remaining = deadline - time.monotonic()
-            if order.status != OrderStatus.PENDING or remaining <= 0:
-                break
-            waited = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), min(remaining, RECHECK_SECONDS))
-            changed.clear()
+
+    async def read() -> OrderRead:
+        order = OrderRead.of(await session.run_sync(lambda s: service.get_order(s, order_id, user_id=owner)))
+        await session.rollback()
+        return order
+
+    order, waited = await wait_while_pending(order_id, wait, read, lambda o: o.status == OrderStatus.PENDING)
     if waited:
         metrics.order_time_to_outcome.observe(time.monotonic() - started)
     return order
@@ -173,6 +177,7 @@ async def set_order_status(
         lambda s: service.set_status(s, order_id, body.status, actor=user.username)
     )
     result = OrderRead.of(order)
+    await _audit(session, user.username, AuditAction.ORDER_STATUS, order_id, {"status": result.status})
     await session.commit()
     await run_in_threadpool(publish_order_changed, order_id)
     return _order_response(result)
@@ -191,6 +196,7 @@ async def cancel_order(order_id: OrderId, session: SessionDep, user: CurrentUser
         lambda s: service.cancel_order(s, order_id, user_id=owner, actor=user.username)
     )
     result = OrderRead.of(order)
+    await _audit(session, user.username, AuditAction.ORDER_CANCEL, order_id, {"status": result.status})
     await session.commit()
     await run_in_threadpool(publish_order_changed, order_id)
     return _order_response(result)

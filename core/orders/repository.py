@@ -36,7 +36,7 @@ _LINES_BY_PRODUCT = (
 )
 
 
-_LOCK_STATUS = select(Order.status).where(Order.id == bindparam("oid")).with_for_update()
+_LOCK_STATUS = select(Order.status, Order.manager_id).where(Order.id == bindparam("oid")).with_for_update()
 _LINE_QUANTITIES = (
     select(OrderLine.product_id, OrderLine.quantity)
     .where(OrderLine.order_id == bindparam("oid"))
@@ -55,9 +55,11 @@ _FINISH_PROCESSING = (
 )
 
 
-def lock_status(session: Session, order_id: int) -> str | None:
-    """Lock the order row (SELECT status ... FOR UPDATE); its status, or None when it is missing."""
-    return session.connection().execute(_LOCK_STATUS, {"oid": order_id}).scalar_one_or_none()
+def lock_status(session: Session, order_id: int) -> tuple[str, str | None] | None:
+    """Lock the order row (SELECT status, manager_id ... FOR UPDATE); (status, manager_id), or None
+    when it is missing."""
+    row = session.connection().execute(_LOCK_STATUS, {"oid": order_id}).one_or_none()
+    return None if row is None else (row.status, row.manager_id)
 
 
 def line_quantities(session: Session, order_id: int) -> list[tuple[int, int]]:

@@ -83,7 +83,9 @@ def place_order(
 ) -> PlacedOrder:
     """Check and store a `pending` order with unit prices snapshotted.
 
-    `lines` are (product_id, quantity) pairs, product ids unique. Raises ProductNotFound (404),
+    `lines` are (product_id, quantity) pairs, product ids unique. With `manager_id` (a store order),
+    only that manager's products can be ordered: another's is reported missing. Raises
+    ProductNotFound (404),
     ProductDiscontinued (400), InsufficientStock (400), InvalidInput (400) when the total exceeds
     MAX_ORDER_TOTAL, or Conflict (409) when the idempotency key
     was used with another body. A replayed key returns the first order with `replayed=True`.
@@ -96,7 +98,7 @@ def place_order(
     products = products_repo.snapshot_for_order(session, [pid for pid, _ in lines])
     for product_id, quantity in lines:
         product = products.get(product_id)
-        if product is None:
+        if product is None or (manager_id is not None and product.manager_id != manager_id):
             raise ProductNotFound(product_id)
         if product.discontinued:
             raise ProductDiscontinued(product.id, product.name)
@@ -177,8 +179,11 @@ def reserve_order(session: Session, order_id: int) -> str | None:
     left `pending` is returned untouched (redelivery, a sweep's re-send, or a cancellation won).
     Written with prebuilt Core statements: this is the pipeline's hot path.
     """
-    status = repo.lock_status(session, order_id)
-    if status is None or status != OrderStatus.PENDING:
+    locked = repo.lock_status(session, order_id)
+    if locked is None:
+        return None
+    status, manager_id = locked
+    if status != OrderStatus.PENDING:
         return status
     lines = repo.line_quantities(session, order_id)
     now = utcnow()
@@ -190,9 +195,9 @@ def reserve_order(session: Session, order_id: int) -> str | None:
         with atomic:
             movements = []
             for product_id, quantity in lines:
-                stock_after = products_repo.reserve_stock(session, product_id, quantity)
+                stock_after = products_repo.reserve_stock(session, product_id, quantity, manager_id)
                 if stock_after is None:
-                    raise _why_unreservable(session, product_id, quantity)
+                    raise _why_unreservable(session, product_id, quantity, manager_id)
                 movements.append(
                     {
                         "product_id": product_id,
@@ -213,9 +218,11 @@ def reserve_order(session: Session, order_id: int) -> str | None:
     return status
 
 
-def _why_unreservable(session: Session, product_id: int, quantity: int) -> DomainError:
+def _why_unreservable(
+    session: Session, product_id: int, quantity: int, manager_id: str | None
+) -> DomainError:
     product = products_repo.get(session, product_id)
-    if product is None:
+    if product is None or (manager_id is not None and product.manager_id != manager_id):
         return ProductNotFound(product_id)
     if product.discontinued:
         return ProductDiscontinued(product.id, product.name)

@@ -10,6 +10,7 @@ from sqlalchemy import Select, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
+from core.products import cache
 from core.products.models import Product, StockMovement
 from core.products.schemas import ProductFilter
 
@@ -29,13 +30,13 @@ def get(session: Session, product_id: int, *, for_update: bool = False) -> Produ
     return session.execute(stmt).scalar_one_or_none()
 
 
-_ORDER_SNAPSHOT = select(Product.id, Product.name, Product.price, Product.stock, Product.discontinued).where(
-    Product.id.in_(bindparam("ids", expanding=True)), Product.deleted_at.is_(None)
-)
+_ORDER_SNAPSHOT = select(
+    Product.id, Product.name, Product.price, Product.stock, Product.discontinued, Product.manager_id
+).where(Product.id.in_(bindparam("ids", expanding=True)), Product.deleted_at.is_(None))
 
 
 def snapshot_for_order(session: Session, product_ids: Sequence[int]) -> dict[int, Any]:
-    """`{id: row(id, name, price, stock, discontinued)}` of the live products among `product_ids`
+    """`{id: row(id, name, price, stock, discontinued, manager_id)}` of the live products among `product_ids`
     (the intake check and price snapshot of an order); missing or deleted ids are absent."""
     if not product_ids:
         return {}
@@ -92,9 +93,13 @@ def add_stock(session: Session, product_id: int, quantity: int) -> int | None:
             in_range,
         )
         .values(stock=Product.stock + quantity, updated_at=utcnow())
-        .returning(Product.stock)
+        .returning(Product.stock, Product.manager_id)
     )
-    return session.execute(stmt).scalar_one_or_none()
+    row = session.execute(stmt).one_or_none()
+    if row is None:
+        return None
+    cache.touch(session, row.manager_id)
+    return row.stock
 
 
 # Built once: the hot path of every order only binds values (statement construction is a
@@ -108,16 +113,28 @@ _RESERVE_STOCK = (
         Product.stock >= bindparam("qty"),
     )
     .values(stock=Product.stock - bindparam("qty"), updated_at=bindparam("now"))
-    .returning(Product.stock)
+    .returning(Product.stock, Product.manager_id)
 )
+# A store order (one with a manager) may only take stock of that manager's products.
+_RESERVE_MANAGER_STOCK = _RESERVE_STOCK.where(Product.manager_id == bindparam("mid"))
 
 
-def reserve_stock(session: Session, product_id: int, quantity: int) -> int | None:
-    """Take `quantity` units for an order: the product must be live, not discontinued, and hold at
-    least `quantity`. One conditional UPDATE that also locks the row until the transaction ends.
-    Returns the new stock, or None if any condition failed."""
+def reserve_stock(
+    session: Session, product_id: int, quantity: int, manager_id: str | None = None
+) -> int | None:
+    """Take `quantity` units for an order: the product must be live, not discontinued, hold at least
+    `quantity` and, when `manager_id` is given, belong to that manager. One conditional UPDATE that
+    also locks the row until the transaction ends. Returns the new stock, or None if any condition
+    failed."""
     params = {"pid": product_id, "qty": quantity, "now": utcnow()}
-    return session.connection().execute(_RESERVE_STOCK, params).scalar_one_or_none()
+    stmt = _RESERVE_STOCK
+    if manager_id is not None:
+        stmt, params["mid"] = _RESERVE_MANAGER_STOCK, manager_id
+    row = session.connection().execute(stmt, params).one_or_none()
+    if row is None:
+        return None
+    cache.touch(session, row.manager_id)
+    return row.stock
 
 
 def release_stock(session: Session, product_id: int, quantity: int) -> int:
@@ -127,9 +144,11 @@ def release_stock(session: Session, product_id: int, quantity: int) -> int:
         update(Product)
         .where(Product.id == product_id)
         .values(stock=Product.stock + quantity, updated_at=utcnow())
-        .returning(Product.stock)
+        .returning(Product.stock, Product.manager_id)
     )
-    return session.execute(stmt).scalar_one()
+    row = session.execute(stmt).one()
+    cache.touch(session, row.manager_id)
+    return row.stock
 
 
 def add_movement(
@@ -177,3 +196,59 @@ def ledger_sum(session: Session, product_id: int) -> int:
         StockMovement.product_id == product_id
     )
     return int(session.execute(stmt).scalar_one())
+
+
+# --- the store API's inventory (CONTRACT.md, "Store API") ---------------------------------------
+
+
+def lock_manager(session: Session, manager_id: str) -> None:
+    """Serialise writers of one manager's inventory until the transaction ends (PostgreSQL: a
+    transaction-level advisory lock on the manager id's hash; SQLite already has a single writer).
+    Two batches naming the same new product then cannot both create it."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            select(func.pg_advisory_xact_lock(func.hashtextextended(f"orderflow:manager:{manager_id}", 0)))
+        )
+
+
+def by_ids(session: Session, product_ids: Sequence[int], *, for_update: bool = False) -> dict[int, Product]:
+    """`{id: product}` of the live products among `product_ids`, optionally locked in id order."""
+    if not product_ids:
+        return {}
+    stmt = _live().where(Product.id.in_(list(product_ids))).order_by(Product.id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    return {p.id: p for p in session.execute(stmt).scalars()}
+
+
+def of_manager_by_name(
+    session: Session, manager_id: str, names: Sequence[str], *, for_update: bool = False
+) -> dict[str, Product]:
+    """`{name: product}` of the manager's live products with one of `names` (exact match). Were two
+    products to share a name, the lowest id wins."""
+    if not names:
+        return {}
+    stmt = (
+        _live()
+        .where(Product.manager_id == manager_id, Product.name.in_(list(set(names))))
+        .order_by(Product.id.desc())
+    )
+    if for_update:
+        stmt = stmt.with_for_update()
+    return {p.name: p for p in session.execute(stmt).scalars()}
+
+
+def listing(session: Session, manager_id: str, status: str | None) -> list[Any]:
+    """Rows (id, name, price, stock) of the manager's live products in id order. `status`:
+    `in_stock` (not discontinued, stock > 0), `out_of_stock` (not discontinued, stock 0),
+    `discontinued`, or None for all."""
+    stmt = select(Product.id, Product.name, Product.price, Product.stock).where(
+        Product.manager_id == manager_id, Product.deleted_at.is_(None)
+    )
+    if status == "in_stock":
+        stmt = stmt.where(Product.discontinued.is_(False), Product.stock > 0)
+    elif status == "out_of_stock":
+        stmt = stmt.where(Product.discontinued.is_(False), Product.stock == 0)
+    elif status == "discontinued":
+        stmt = stmt.where(Product.discontinued.is_(True))
+    return list(session.execute(stmt.order_by(Product.id)))

@@ -101,12 +101,20 @@ async def test_no_422_from_any_validation_failure(client):
 # --- routing errors ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/nope", "/products/1/nope", "/api/nothing-here"])
+@pytest.mark.parametrize("path", ["/nope", "/products/1/nope"])
 async def test_unknown_path_is_404_envelope(client, path):
     response = await client.get(path)
     body = assert_envelope(response, 404, "Not found", "NOT_FOUND")
     assert body["message"] == "No resource at this path."
     assert body["details"] == {}
+
+
+async def test_unknown_store_path_is_404_in_the_store_envelope(client):
+    response = await client.get("/api/nothing-here")
+    assert response.status_code == 404
+    assert response.json() == {
+        "error": {"code": "NOT_FOUND", "message": "No resource at this path.", "details": {}}
+    }
 
 
 @pytest.mark.parametrize(

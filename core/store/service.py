@@ -1,0 +1,256 @@
+"""Store API use cases (CONTRACT.md, "Store API"): the manager's inventory and order processing.
+
+They are the same products, orders, worker and stock movement ledger as the core API's; only the
+shapes differ. Functions take a synchronous `Session`, raise `core.errors` exceptions whose details
+carry public ids (`prod_001`, `ord_789`), and never commit.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from core.db import utcnow
+from core.errors import DomainError, InvalidInput, OrderNotFound, ProductNotFound
+from core.orders import service as orders
+from core.orders.models import Order, OrderStatus
+from core.products import repository as products_repo
+from core.products.models import MovementReason, Product
+from core.store.ids import format_order_id, format_product_id
+from core.store.schemas import InventoryBatch, InventoryItem, InventoryItemIn
+
+#: Order statuses the store reports as `processed`: the stock is reserved.
+PROCESSED_STATUSES = frozenset({OrderStatus.CONFIRMED, OrderStatus.COMPLETED})
+
+_ID_IN_MESSAGE = re.compile(r"\bID (\d+)\b")
+
+
+def public_error(error: dict[str, Any], order_id: int | None = None) -> dict[str, Any]:
+    """A domain error object (`DomainError.to_dict()` or a rejected order's `error`) with the
+    store's public ids: `details.product_id` and `details.order_id` become `prod_...` / `ord_...`,
+    and so does an `ID 7` in the message. `order_id`, when given, is added to the details."""
+    details = dict(error.get("details") or {})
+    message = str(error.get("message", ""))
+    product_id = details.get("product_id")
+    if isinstance(product_id, int):
+        details["product_id"] = format_product_id(product_id)
+        message = _ID_IN_MESSAGE.sub(lambda m: f"ID {format_product_id(int(m.group(1)))}", message)
+    elif isinstance(details.get("order_id"), int):
+        message = _ID_IN_MESSAGE.sub(lambda m: f"ID {format_order_id(int(m.group(1)))}", message)
+    if isinstance(details.get("order_id"), int):
+        details["order_id"] = format_order_id(details["order_id"])
+    if order_id is not None:
+        details["order_id"] = format_order_id(order_id)
+    return {**error, "message": message, "details": details}
+
+
+def publicized(exc: DomainError, order_id: int | None = None) -> DomainError:
+    """`exc` with its message and details rewritten by `public_error` (same class and status)."""
+    rewritten = public_error({"message": exc.message, "details": exc.details}, order_id)
+    exc.message, exc.details = rewritten["message"], rewritten["details"]
+    exc.args = (exc.message,)
+    return exc
+
+
+def item_of(product: Product | Any) -> InventoryItem:
+    """A product (or an `id, name, price, stock` row) as the store shows it."""
+    return InventoryItem(id=product.id, name=product.name, price=product.price, quantity=product.stock)
+
+
+# --- inventory ------------------------------------------------------------------------------------
+
+
+def upsert_inventory(
+    session: Session, batch: InventoryBatch, actor: str | None
+) -> list[tuple[InventoryItem, bool]]:
+    """`POST /api/inventory/products`: add or update a manager's products in one transaction.
+
+    An item with `id` updates that product; an item whose name is one of the manager's products
+    updates it; any other item creates a product of that manager. `quantity` sets the stock on hand;
+    a change is written to the stock movement ledger (`create` or `adjustment`, actor `actor`). A
+    product's `discontinued` flag is left as it is. Every item is checked before anything is written:
+    raises ProductNotFound (404) for an `id` that does not exist or is another manager's, and
+    InvalidInput (400, `details.field` naming the item) for two items naming the same product or an
+    update that would give the product the name of another of the manager's products.
+    Returns (product as the store shows it, created?) in the order of the request.
+    """
+    manager = batch.manager_id
+    items = batch.products
+    products_repo.lock_manager(session, manager)
+    _check_unique(items)
+    by_id = products_repo.by_ids(session, [i.id for i in items if i.id is not None], for_update=True)
+    names = [i.name for i in items if i.name is not None]
+    by_name = products_repo.of_manager_by_name(session, manager, names, for_update=True)
+
+    targets: list[Product | None] = []
+    for index, item in enumerate(items):
+        if item.id is not None:
+            product = by_id.get(item.id)
+            if product is None or product.manager_id != manager:
+                missing = ProductNotFound(format_product_id(item.id))
+                missing.details["field"] = f"products[{index}].id"
+                raise missing
+            clash = by_name.get(item.name) if item.name is not None else None
+            if clash is not None and clash.id != product.id:
+                raise InvalidInput(
+                    f"products[{index}].name: {manager} already has a product named '{item.name}' "
+                    f"({format_product_id(clash.id)}).",
+                    {"field": f"products[{index}].name", "product_id": format_product_id(clash.id)},
+                )
+            targets.append(product)
+        else:
+            targets.append(by_name.get(item.name))  # type: ignore[arg-type]
+
+    now = utcnow()
+    written: list[tuple[Product, bool]] = []
+    for item, product in zip(items, targets, strict=True):
+        if product is None:
+            written.append((_create(session, manager, item, actor, now), True))
+        else:
+            written.append((_update(session, product, item, actor, now), False))
+    session.flush()
+    return [(item_of(p), created) for p, created in written]
+
+
+def _check_unique(items: list[InventoryItemIn]) -> None:
+    seen_ids: dict[int, int] = {}
+    seen_names: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if item.id is not None:
+            if item.id in seen_ids:
+                raise _duplicate(index, "id", seen_ids[item.id], format_product_id(item.id))
+            seen_ids[item.id] = index
+        if item.name is not None:
+            if item.name in seen_names:
+                raise _duplicate(index, "name", seen_names[item.name], item.name)
+            seen_names[item.name] = index
+
+
+def _duplicate(index: int, field: str, first: int, value: str) -> InvalidInput:
+    return InvalidInput(
+        f"products[{index}].{field}: '{value}' is already given by products[{first}]; "
+        "name each product once per batch.",
+        {"field": f"products[{index}].{field}", "duplicate_of": f"products[{first}]"},
+    )
+
+
+def _create(session: Session, manager: str, item: InventoryItemIn, actor: str | None, now: Any) -> Product:
+    assert item.name is not None and item.price is not None and item.quantity is not None
+    product = Product(
+        name=item.name,
+        description="",
+        price=item.price,
+        stock=item.quantity,
+        low_stock_threshold=10,
+        discontinued=False,
+        manager_id=manager,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(product)
+    session.flush()
+    if product.stock:
+        products_repo.add_movement(
+            session,
+            product_id=product.id,
+            delta=product.stock,
+            stock_after=product.stock,
+            reason=MovementReason.CREATE,
+            actor=actor,
+        )
+    return product
+
+
+def _update(
+    session: Session, product: Product, item: InventoryItemIn, actor: str | None, now: Any
+) -> Product:
+    if item.name is not None:
+        product.name = item.name
+    if item.price is not None:
+        product.price = item.price
+    if item.quantity is not None and item.quantity != product.stock:
+        delta = item.quantity - product.stock
+        product.stock = item.quantity
+        products_repo.add_movement(
+            session,
+            product_id=product.id,
+            delta=delta,
+            stock_after=product.stock,
+            reason=MovementReason.ADJUSTMENT,
+            actor=actor,
+        )
+    product.updated_at = now
+    return product
+
+
+def list_inventory(session: Session, manager_id: str, status: str | None) -> list[InventoryItem]:
+    """`GET /api/inventory/products`: the manager's products in id order, filtered by `status`
+    (`ProductStatus` value, or None for all)."""
+    return [item_of(row) for row in products_repo.listing(session, manager_id, status)]
+
+
+def discontinue(session: Session, manager_id: str, product_id: int) -> bool:
+    """`POST /api/inventory/discontinue`: stop selling a product; orders still pending for it are
+    rejected by the worker. Idempotent: returns False when it already was discontinued (nothing
+    written). Raises ProductNotFound (404) when the product does not exist or is another manager's."""
+    product = products_repo.get(session, product_id, for_update=True)
+    if product is None or product.manager_id != manager_id:
+        raise ProductNotFound(format_product_id(product_id))
+    if product.discontinued:
+        return False
+    product.discontinued = True
+    product.updated_at = utcnow()
+    session.flush()
+    return True
+
+
+# --- orders ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreOrder:
+    """What the store API needs of an order: its id, status, total and rejection (if any)."""
+
+    id: int
+    status: str
+    total: Decimal
+    error: dict[str, Any] | None
+    manager_id: str | None
+
+    @classmethod
+    def of(cls, order: Order) -> StoreOrder:
+        return cls(order.id, order.status, Decimal(order.total_price), order.error, order.manager_id)
+
+
+def place_order(
+    session: Session,
+    lines: list[tuple[int, int]],
+    *,
+    manager_id: str,
+    customer: dict[str, Any],
+    idempotency: orders.IdempotencyRequest | None = None,
+) -> tuple[StoreOrder, bool]:
+    """`POST /api/orders/process`, intake: store a pending order for the manager's products (the
+    caller commits and enqueues it). The same checks as the core API's intake, scoped to the
+    manager, so most rejections are answered without a trip through the queue; the worker's
+    reservation still decides. Returns (order, replayed). Raises the domain errors of
+    `core.orders.service.place_order` with public ids."""
+    try:
+        placed = orders.place_order(
+            session, lines, customer=customer, manager_id=manager_id, idempotency=idempotency
+        )
+    except DomainError as exc:
+        raise publicized(exc) from None
+    return StoreOrder.of(placed.order), placed.replayed
+
+
+def get_order(session: Session, order_id: int) -> StoreOrder:
+    """The order as the store sees it. Raises OrderNotFound (404, public id)."""
+    try:
+        return StoreOrder.of(orders.get_order(session, order_id))
+    except OrderNotFound:
+        raise OrderNotFound(format_order_id(order_id)) from None
