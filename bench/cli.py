@@ -1,5 +1,8 @@
 """`python -m bench` / `orderflow bench`: the load benchmark of a running orderflow API.
 
+`python -m bench store [options]` benchmarks the store API instead (bench/store.py): listing latency
+with the cache hit and missed, and `POST /api/orders/process` end to end.
+
 Exit codes: 0 every invariant holds; 1 an invariant failed; 2 bad options, the API unreachable or a
 phase could not run; 130 interrupted.
 """
@@ -11,7 +14,9 @@ import asyncio
 import ipaddress
 import math
 import signal
+import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -30,11 +35,14 @@ from bench.phases import (
     probe_order,
     setup_products,
 )
-from bench.report import machine_info, plot_sweep, render, timestamp, write_json
+from bench.report import machine_info, plot_sweep, render, render_store, timestamp, write_json
 from bench.stats import arrival_schedule
+from bench.store import run_store_benchmark
 from bench.workers import CeleryWorker, stop_all_now
 
 DEFAULT_OUT = Path("bench/results/latest.json")
+DEFAULT_STORE_OUT = Path("bench/results/store-latest.json")
+STORE_STATUSES = ("in_stock", "out_of_stock", "discontinued")
 MAX_OPEN_ORDERS = 500_000
 SECRET_OPTIONS = ("token", "basic", "login")
 
@@ -48,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Celery worker counts. Exit code 0: invariants hold; 1: an invariant failed; "
             "2: error; 130: interrupted."
         ),
+        epilog="The store API (/api/...) has its own benchmark: python -m bench store --help",
     )
     add = parser.add_argument
     add("--url", default="http://127.0.0.1:8000", help="base URL of the API (%(default)s)")
@@ -107,17 +116,79 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_store_parser() -> argparse.ArgumentParser:
+    """Options of `python -m bench store` (docs/benchmark.md, "Store API")."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench store",
+        description=(
+            "Benchmark of the store API (/api/...) of a running orderflow: latency of "
+            "GET /api/inventory/products with the Redis cache missed (a write before each read) and "
+            "hit, then POST /api/orders/process end to end in a closed loop, then a stock check. "
+            "The store API allows 100 requests/hour per manager_id by default: start the API with "
+            "STORE_RATE_LIMIT=1000000/hour (the run checks RateLimit-Remaining first and stops if it "
+            "is too low). Exit code 0: checks pass; 1: a check failed; 2: error; 130: interrupted."
+        ),
+    )
+    add = parser.add_argument
+    add("--url", default="http://127.0.0.1:8000", help="base URL of the API (%(default)s)")
+    add("--products", type=int, default=50, help="products per manager (%(default)s)")
+    add("--stock", type=int, default=10**6, help="initial quantity of each product (%(default)s)")
+    add(
+        "--gets",
+        type=int,
+        default=200,
+        help="listing: timed reads per phase, hit and miss each (%(default)s)",
+    )
+    add(
+        "--listing-concurrency",
+        metavar="K,K,...",
+        default="1",
+        help="listing: client counts to measure, one manager per client, e.g. 1,32 (%(default)s)",
+    )
+    add("--status", choices=STORE_STATUSES, help="listing: the status filter to read (default: none, all)")
+    add(
+        "--orders",
+        type=int,
+        default=1000,
+        help="orders: POST /api/orders/process count; 0 skips (%(default)s)",
+    )
+    add("--concurrency", type=int, default=32, help="orders: closed-loop clients (%(default)s)")
+    add("--managers", type=int, default=1, help="orders: managers the orders are spread over (%(default)s)")
+    add("--lines", type=int, default=2, help="orders: at most this many products per order (%(default)s)")
+    add("--max-quantity", type=int, default=1, help="orders: quantity per line, 1..this (%(default)s)")
+    add(
+        "--settle-timeout",
+        type=float,
+        default=60.0,
+        help="orders: seconds to follow a 202's Location before giving up on it (%(default)s)",
+    )
+    add(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds per HTTP request; keep it above the API's ORDER_WAIT_SECONDS (%(default)s)",
+    )
+    add("--out", type=Path, default=DEFAULT_STORE_OUT, help="JSON results (%(default)s)")
+    add("--login", metavar="USER:PASS", help="get a token from POST /login and send it as Bearer")
+    add("--token", help="send Authorization: Bearer TOKEN")
+    add("--basic", metavar="USER:PASS", help="send HTTP Basic credentials on every request")
+    add("--seed", type=int, help="random seed of the orders' products and quantities")
+    add("--allow-remote", action="store_true", help="allow a URL that is not loopback")
+    return parser
+
+
 class UsageError(Exception):
     pass
 
 
+def need(condition: bool, message: str) -> None:
+    """UsageError(message) unless `condition`."""
+    if not condition:
+        raise UsageError(message)
+
+
 def validate(args: argparse.Namespace) -> tuple[Target, list[int]]:
     """Check option ranges and combinations; returns the target and the worker counts."""
-
-    def need(condition: bool, message: str) -> None:
-        if not condition:
-            raise UsageError(message)
-
     need(1 <= args.orders <= 1_000_000, "--orders must be within 1..1000000")
     need(1 <= args.concurrency <= 2000, "--concurrency must be within 1..2000")
     need(1 <= args.products <= 10_000, "--products must be within 1..10000")
@@ -135,30 +206,13 @@ def validate(args: argparse.Namespace) -> tuple[Target, list[int]]:
         not (args.skip_closed and args.rate is None and not args.skip_open),
         "--skip-closed needs --rate (the default rate comes from the closed loop)",
     )
-    need(
-        sum(bool(x) for x in (args.token, args.basic, args.login)) <= 1,
-        "give one of --login, --token and --basic",
-    )
     if args.rate is not None and not args.skip_open:
         need(
             args.rate * args.duration <= MAX_OPEN_ORDERS,
             f"--rate x --duration must be <= {MAX_OPEN_ORDERS} orders",
         )
 
-    parts = urlsplit(args.url)
-    need(parts.scheme in ("http", "https") and bool(parts.hostname), f"bad --url {args.url!r}")
-    if not args.allow_remote:
-        need(
-            _is_loopback(parts.hostname or ""),
-            f"{parts.hostname} is not a loopback address; pass --allow-remote if you mean it",
-        )
-
-    basic: tuple[str, str] | None = None
-    for option in ("basic", "login"):
-        if getattr(args, option):
-            user, sep, password = getattr(args, option).partition(":")
-            need(bool(sep) and bool(user), f"--{option} must be USER:PASS")
-            basic = (user, password)
+    target = _target(args)
 
     workers: list[int] = []
     if args.workers:
@@ -174,10 +228,60 @@ def validate(args: argparse.Namespace) -> tuple[Target, list[int]]:
             "--no-spawn-workers cannot sweep; give at most one --workers value (a label)",
         )
 
-    target = Target(
+    return target, workers
+
+
+def validate_store(args: argparse.Namespace) -> tuple[Target, list[int]]:
+    """Check the options of `python -m bench store`; returns the target and the listing client
+    counts."""
+    need(1 <= args.products <= 1000, "--products must be within 1..1000")
+    need(0 <= args.stock <= 10**9, "--stock must be within 0..1000000000")
+    need(0 <= args.gets <= 1_000_000, "--gets must be within 0..1000000")
+    need(0 <= args.orders <= 1_000_000, "--orders must be within 0..1000000")
+    need(1 <= args.concurrency <= 2000, "--concurrency must be within 1..2000")
+    need(1 <= args.managers <= 1000, "--managers must be within 1..1000")
+    need(args.managers <= max(args.orders, 1), "--managers must not exceed --orders")
+    need(1 <= args.lines <= 20, "--lines must be within 1..20")
+    need(1 <= args.max_quantity <= 1000, "--max-quantity must be within 1..1000")
+    need(
+        math.isfinite(args.settle_timeout) and 0 < args.settle_timeout <= 3600, "--settle-timeout: (0, 3600]"
+    )
+    need(math.isfinite(args.timeout) and 0 < args.timeout <= 600, "--timeout must be within (0, 600]")
+    try:
+        listing = [int(k) for k in args.listing_concurrency.split(",") if k.strip()]
+    except ValueError as exc:
+        raise UsageError("--listing-concurrency must be comma-separated integers, e.g. 1,32") from exc
+    need(bool(listing) and all(1 <= k <= 256 for k in listing), "--listing-concurrency: counts 1..256")
+    need(len(listing) == len(set(listing)), "--listing-concurrency: counts must be distinct")
+    need(args.gets >= max(listing) or args.gets == 0, "--gets must be >= the largest --listing-concurrency")
+    need(args.orders == 0 or args.stock > 0, "--stock 0 rejects every order; give a stock")
+    return _target(args), listing
+
+
+def _target(args: argparse.Namespace) -> Target:
+    """The URL (loopback unless --allow-remote) and the credentials (one of --login, --token,
+    --basic) of either benchmark, as a Target."""
+    need(
+        sum(bool(x) for x in (args.token, args.basic, args.login)) <= 1,
+        "give one of --login, --token and --basic",
+    )
+    parts = urlsplit(args.url)
+    need(parts.scheme in ("http", "https") and bool(parts.hostname), f"bad --url {args.url!r}")
+    if not args.allow_remote:
+        need(
+            _is_loopback(parts.hostname or ""),
+            f"{parts.hostname} is not a loopback address; pass --allow-remote if you mean it",
+        )
+
+    basic: tuple[str, str] | None = None
+    for option in ("basic", "login"):
+        if getattr(args, option):
+            user, sep, password = getattr(args, option).partition(":")
+            need(bool(sep) and bool(user), f"--{option} must be USER:PASS")
+            basic = (user, password)
+    return Target(
         url=args.url.rstrip("/"), timeout=args.timeout, token=args.token, basic=basic, login=bool(args.login)
     )
-    return target, workers
 
 
 def _is_loopback(host: str) -> bool:
@@ -219,6 +323,17 @@ def new_results(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def connect(target: Target) -> Target:
+    """Check that the API answers /healthz; with --login, exchange the credentials for a token.
+    Returns the target to use (BenchError when the API is unreachable or the login fails)."""
+    async with target.session(2) as session:
+        await check_reachable(session, target.url)
+        if target.login and target.basic:
+            token = await login(session, *target.basic)
+            target = replace(target, token=token, basic=None, login=False)
+    return target
+
+
 async def run_benchmark(
     args: argparse.Namespace,
     target: Target,
@@ -233,11 +348,7 @@ async def run_benchmark(
     if spawn:
         _require_shared_broker()
 
-    async with target.session(2) as session:
-        await check_reachable(session, target.url)
-        if target.login and target.basic:
-            token = await login(session, *target.basic)
-            target = replace(target, token=token, basic=None, login=False)
+    target = await connect(target)
     async with target.session(2) as session:
         await check_credentials(session)
     run = Run(target=target, console=console, seed=args.seed)
@@ -346,9 +457,107 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def new_store_results(args: argparse.Namespace) -> dict[str, Any]:
+    """The results document of the store benchmark, before any phase has run."""
+    return {
+        "benchmark": "store",
+        "timestamp": timestamp(),
+        "parameters": parameters(args),
+        "machine": machine_info(),
+        "auth": None,
+        "setup": None,
+        "listing": None,
+        "orders": None,
+        "invariants": None,
+        "notes": [],
+        "error": None,
+    }
+
+
+async def run_store(
+    args: argparse.Namespace,
+    target: Target,
+    listing: list[int],
+    console: Console,
+    results: dict[str, Any],
+) -> None:
+    target = await connect(target)
+    results["auth"] = "bearer" if target.token else ("basic" if target.basic else "none")
+    await run_store_benchmark(
+        target,
+        console,
+        results,
+        products=args.products,
+        stock=args.stock,
+        gets=args.gets,
+        listing_concurrency=listing,
+        status=args.status,
+        orders=args.orders,
+        concurrency=args.concurrency,
+        managers=args.managers,
+        max_lines=args.lines,
+        max_quantity=args.max_quantity,
+        settle_timeout=args.settle_timeout,
+        seed=args.seed,
+    )
+
+
+def store_main(argv: list[str]) -> int:
+    """`python -m bench store ARGV`: the store API benchmark; returns the exit code (0 ok, 1 a
+    check failed, 2 error, 130 interrupted)."""
+    parser = build_store_parser()
+    args = parser.parse_args(argv)
+    err = Console(stderr=True)
+    try:
+        target, listing = validate_store(args)
+    except UsageError as exc:
+        parser.print_usage()
+        err.print(f"[red]error:[/] {exc}")
+        return 2
+
+    results = new_store_results(args)
+    code = _execute(lambda: run_store(args, target, listing, err, results), err, results)
+    if code == 0:
+        render_store(Console(), results)
+        code = _verdict(results)
+    write_json(args.out, results)
+    err.print(f"results written to {args.out}")
+    return code
+
+
+def _execute(make: Callable[[], Coroutine[Any, Any, None]], err: Console, results: dict[str, Any]) -> int:
+    """Run the coroutine `make()` returns with SIGTERM as an interrupt; 0 when it finished, 2 on a
+    `BenchError`, 130 when interrupted (the reason goes to `results["error"]`). Any worker a run
+    started and could not stop itself is stopped."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        asyncio.run(make())
+        return 0
+    except BenchError as exc:
+        err.print(f"[red]benchmark failed:[/] {exc}")
+        results["error"] = str(exc)
+        return 2
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        results["error"] = "interrupted"
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stop_all_now()
+
+
+def _verdict(results: dict[str, Any]) -> int:
+    invariants = results.get("invariants")
+    return 0 if invariants is None or invariants["passed"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark with command-line arguments `argv` (default sys.argv[1:]); returns the
-    exit code (0 ok, 1 an invariant failed, 2 error, 130 interrupted)."""
+    exit code (0 ok, 1 an invariant failed, 2 error, 130 interrupted). `store` as the first
+    argument runs the store API benchmark (`store_main`) instead."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["store"]:
+        return store_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     err = Console(stderr=True)
@@ -360,26 +569,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     results = new_results(args)
-    code = 0
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        asyncio.run(run_benchmark(args, target, worker_counts, err, results))
-    except BenchError as exc:
-        err.print(f"[red]benchmark failed:[/] {exc}")
-        results["error"] = str(exc)
-        code = 2
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]")
-        results["error"] = "interrupted"
-        code = 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        stop_all_now()  # workers an interrupted run could not stop itself
-
+    code = _execute(lambda: run_benchmark(args, target, worker_counts, err, results), err, results)
     if code == 0:
         render(Console(), results)
-        invariants = results.get("invariants")
-        code = 0 if invariants is None or invariants["passed"] else 1
+        code = _verdict(results)
     write_json(args.out, results)
     err.print(f"results written to {args.out}")
     if results.get("plot"):

@@ -163,3 +163,93 @@ def render(console: Console, results: Mapping[str, Any]) -> None:
         console.print(sweep_table)
     for note in results.get("notes", []):
         console.print(f"[yellow]note:[/] {note}")
+
+
+def _latency_store(summary: Mapping[str, Any] | None, keys: Sequence[str]) -> str:
+    if not summary or not summary.get("count"):
+        return "-"
+    return " / ".join(_fmt(summary.get(k)) for k in keys) + " ms"
+
+
+STORE_LISTING_KEYS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms")
+STORE_ORDER_KEYS = ("p50_ms", "p90_ms", "p99_ms", "max_ms")
+
+
+def render_store(console: Console, results: Mapping[str, Any]) -> None:
+    """Print the figures of a store API run (`python -m bench store`)."""
+    table = Table(title="orderflow store API benchmark", show_lines=False)
+    table.add_column("phase", style="bold")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+
+    setup = results.get("setup") or {}
+    table.add_row(
+        "setup",
+        "managers x products x stock",
+        f"{setup.get('managers', 0):,} x {setup.get('products_per_manager', 0):,} x "
+        f"{setup.get('stock_per_product', 0):,}",
+    )
+    limit = setup.get("rate_limit") or {}
+    table.add_row(
+        "",
+        "rate limit: remaining / planned per manager",
+        f"{_fmt(limit.get('remaining_min'))} / {_fmt(limit.get('planned_max'))}"
+        if limit.get("checked")
+        else "not reported by the API",
+    )
+    for listing in results.get("listing") or []:
+        label = f"listing C={listing['concurrency']}"
+        if listing.get("status"):
+            label += f" ({listing['status']})"
+        for phase in ("miss", "hit"):
+            figures = listing[phase]
+            table.add_row(
+                label if phase == "miss" else "",
+                f"cache {phase}: p50 / p90 / p99 / mean",
+                _latency_store(figures.get("latency"), STORE_LISTING_KEYS),
+            )
+            table.add_row("", f"cache {phase}: reads/s", _fmt(figures.get("reads_per_s")))
+            unexpected = figures.get("unexpected_cache", 0)
+            verdict = "[green]0[/]" if not unexpected else f"[red]{unexpected:,}[/]"
+            table.add_row(
+                "",
+                f"cache {phase}: X-Cache not {figures['expected_cache']}",
+                f"{verdict} ({_counts(figures.get('x_cache'))})",
+            )
+            if figures.get("errors") or set(figures.get("http") or {}) - {"200"}:
+                table.add_row(
+                    "",
+                    f"cache {phase}: HTTP / errors",
+                    f"{_counts(figures.get('http'))} / {_counts(figures.get('errors'))}",
+                )
+            if phase == "miss":
+                table.add_row(
+                    "",
+                    "invalidating write: p50 / p90 / p99 / mean",
+                    _latency_store(figures.get("write_latency"), STORE_LISTING_KEYS),
+                )
+    orders = results.get("orders")
+    if orders:
+        table.add_row(
+            "orders/process", "orders / concurrency", f"{orders['orders']:,} / {orders['concurrency']}"
+        )
+        table.add_row("", "processed orders/s", _fmt(orders.get("processed_per_s")))
+        table.add_row(
+            "",
+            "end to end p50 / p90 / p99 / max",
+            _latency_store(orders.get("latency"), STORE_ORDER_KEYS),
+        )
+        table.add_row("", "first answer by HTTP status", _counts(orders.get("http")))
+        table.add_row("", "outcomes", _counts(orders.get("outcomes")))
+        if orders.get("followed_202"):
+            table.add_row("", "202 followed / polls", f"{orders['followed_202']:,} / {orders['polls']:,}")
+        if orders.get("total_amount_mismatches"):
+            table.add_row("", "total_amount mismatches", f"[red]{orders['total_amount_mismatches']:,}[/]")
+    invariants = results.get("invariants") or {}
+    for index, check in enumerate(invariants.get("checks", [])):
+        verdict = "[green]pass[/]" if check["passed"] else "[red]FAIL[/]"
+        detail = "" if check["passed"] else f" ({check['detail']})"
+        table.add_row("checks" if index == 0 else "", check["name"], verdict + detail)
+    console.print(table)
+    for note in results.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}")
