@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import redis
 
+from core import redisconn
 from core.config import settings
 
 log = logging.getLogger(__name__)
@@ -61,18 +62,6 @@ class LocalHub:
 
 hub = LocalHub()
 
-_client_lock = threading.Lock()
-_client: redis.Redis | None = None
-
-
-def _redis() -> redis.Redis:
-    global _client
-    with _client_lock:
-        if _client is None:
-            assert settings.redis_url is not None
-            _client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
-        return _client
-
 
 def publish_order_changed(order_id: int) -> None:
     """Tell the API processes that `order_id` changed status. Never raises: a lost notification
@@ -81,6 +70,6 @@ def publish_order_changed(order_id: int) -> None:
         hub.notify(order_id)
         return
     try:
-        _redis().publish(CHANNEL, str(order_id))
+        redisconn.client().publish(CHANNEL, str(order_id))
     except redis.RedisError as exc:
         log.warning("order event for %s not published: %s", order_id, exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -11,6 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_valid
 from core.types import MAX_QUANTITY, Id, Money, Quantity
 
 MAX_ORDER_LINES = 100
+
+
+def merge_lines(lines: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(product_id, quantity) pairs in first-seen order, the quantities of a repeated product summed
+    (CONTRACT.md, "Orders": one line per product)."""
+    merged: dict[int, int] = {}
+    for product_id, quantity in lines:
+        merged[product_id] = merged.get(product_id, 0) + quantity
+    return list(merged.items())
 
 
 class OrderLineIn(BaseModel):
@@ -61,10 +71,7 @@ class OrderCreate(BaseModel):
         if self.products is None:
             assert self.product_id is not None and self.quantity is not None
             return [(self.product_id, self.quantity)]
-        merged: dict[int, int] = {}
-        for line in self.products:
-            merged[line.product_id] = merged.get(line.product_id, 0) + line.quantity
-        return list(merged.items())
+        return merge_lines((line.product_id, line.quantity) for line in self.products)
 
 
 class OrderStatusUpdate(BaseModel):

@@ -32,6 +32,7 @@ import redis
 from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
 
+from core import redisconn
 from core.config import settings
 from core.products.models import Product
 
@@ -131,18 +132,6 @@ class MemoryListings:
 
 memory = MemoryListings()
 
-_client_lock = threading.Lock()
-_client: redis.Redis | None = None
-
-
-def _redis() -> redis.Redis:
-    global _client
-    with _client_lock:
-        if _client is None:
-            assert settings.redis_url is not None
-            _client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
-        return _client
-
 
 def invalidate(manager_ids: Iterable[str]) -> None:
     """Give each manager a new version (after the commit that changed their products). Never raises:
@@ -154,7 +143,7 @@ def invalidate(manager_ids: Iterable[str]) -> None:
         memory.invalidate(managers)
         return
     try:
-        pipe = _redis().pipeline(transaction=False)
+        pipe = redisconn.client().pipeline(transaction=False)
         for manager_id in managers:
             pipe.set(version_key(manager_id), new_version())
         pipe.execute()

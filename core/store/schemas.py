@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, model_validator
 
+from core.orders.schemas import merge_lines
 from core.products.repository import MAX_STOCK
 from core.store.ids import OrderIdOut, ProductIdOut, ProductRef
 from core.types import MAX_QUANTITY, Money, Quantity
@@ -181,10 +182,7 @@ class ProcessOrderRequest(BaseModel):
 
     def merged_lines(self) -> list[tuple[int, int]]:
         """(product_id, quantity) pairs in first-seen order, duplicates summed."""
-        merged: dict[int, int] = {}
-        for line in self.products:
-            merged[line.product_id] = merged.get(line.product_id, 0) + line.quantity
-        return list(merged.items())
+        return merge_lines((line.product_id, line.quantity) for line in self.products)
 
     def customer_record(self) -> dict[str, Any]:
         """The customer as stored on the order (`orders.customer`, JSON)."""

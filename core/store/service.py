@@ -19,7 +19,9 @@ from core.errors import DomainError, InvalidInput, OrderNotFound, ProductNotFoun
 from core.orders import service as orders
 from core.orders.models import Order, OrderStatus
 from core.products import repository as products_repo
+from core.products import service as products
 from core.products.models import MovementReason, Product
+from core.products.schemas import ProductCreate
 from core.store.ids import format_order_id, format_product_id
 from core.store.schemas import InventoryBatch, InventoryItem, InventoryItemIn
 
@@ -109,7 +111,7 @@ def upsert_inventory(
     written: list[tuple[Product, bool]] = []
     for item, product in zip(items, targets, strict=True):
         if product is None:
-            written.append((_create(session, manager, item, actor, now), True))
+            written.append((_create(session, manager, item, actor), True))
         else:
             written.append((_update(session, product, item, actor, now), False))
     session.flush()
@@ -138,31 +140,10 @@ def _duplicate(index: int, field: str, first: int, value: str) -> InvalidInput:
     )
 
 
-def _create(session: Session, manager: str, item: InventoryItemIn, actor: str | None, now: Any) -> Product:
-    assert item.name is not None and item.price is not None and item.quantity is not None
-    product = Product(
-        name=item.name,
-        description="",
-        price=item.price,
-        stock=item.quantity,
-        low_stock_threshold=10,
-        discontinued=False,
-        manager_id=manager,
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(product)
-    session.flush()
-    if product.stock:
-        products_repo.add_movement(
-            session,
-            product_id=product.id,
-            delta=product.stock,
-            stock_after=product.stock,
-            reason=MovementReason.CREATE,
-            actor=actor,
-        )
-    return product
+def _create(session: Session, manager: str, item: InventoryItemIn, actor: str | None) -> Product:
+    """A new product of `manager`, through the core API's use case (opening stock in the ledger)."""
+    data = ProductCreate(name=item.name, price=item.price, stock=item.quantity, manager_id=manager)
+    return products.create_product(session, data, actor)
 
 
 def _update(

@@ -221,21 +221,6 @@ def change_user(
     return UserChange(user=user, changed=tuple(changed))
 
 
-def update_user(
-    session: Session,
-    user_id: int,
-    *,
-    actor: Principal,
-    password_hash: str | None = None,
-    role: Role | None = None,
-    manager_id: ManagerIdChange = KEEP,
-) -> User:
-    """`change_user`, returning only the user (same rules and errors)."""
-    return change_user(
-        session, user_id, actor=actor, password_hash=password_hash, role=role, manager_id=manager_id
-    ).user
-
-
 def manager_binding(session: Session, user_id: int) -> str | None:
     """The store API `manager_id` bound to the user (e.g. `mgr_123`), or None when the user has
     none or does not exist. With `STORE_REQUIRE_AUTH=true`, a `manager` may act in the store API

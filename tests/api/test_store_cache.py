@@ -11,6 +11,7 @@ import redis
 import redis.asyncio as aioredis
 
 from api.listing_cache import ListingCache
+from core import redisconn
 from core.config import settings
 from core.products import cache
 from tests.api.test_orders import wait_for_idle_queue
@@ -226,9 +227,8 @@ async def test_redis_unreachable_reads_the_database():
 
 
 def test_invalidation_with_redis_unreachable_is_logged_not_raised(monkeypatch, caplog):
-    monkeypatch.setattr(
-        cache, "_client", redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
-    )
+    unreachable = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    monkeypatch.setattr(redisconn, "_client", unreachable)
     cache.invalidate([MGR])
     assert "not invalidated" in caplog.text
 
