@@ -200,6 +200,8 @@ def _store_field_message(field: str, err: dict[str, Any]) -> str:
     if kind == "enum":
         return f"{field} must be one of {ctx.get('expected', 'the documented values')}."
     if kind == "value_error":
+        if field == "body":  # a rule across fields: the sentence stands alone
+            return msg[:1].upper() + msg[1:]
         if msg.startswith("value is not a valid email address"):
             reason = msg.partition(": ")[2]
             reason = reason[:1].lower() + reason[1:]

@@ -17,7 +17,9 @@ query string of a GET or HEAD (the body is ignored), the top-level string `manag
 object body for the other methods (the query string when the body has none); 1-64 characters. Reading
 it from the place the route uses keeps a client from spending another manager's name's budget while
 acting as its own. Without one the key is `client:<address>` (the peer address of the connection;
-behind a proxy, the proxy's, unless uvicorn is run with `--proxy-headers`). Redis keys
+behind a proxy, the proxy's, unless uvicorn is run with `--proxy-headers`). With
+`STORE_REQUIRE_AUTH=true`, a request with no `Authorization` header is keyed by its address too: it
+will be refused, and must not spend the budget of the manager it names. Redis keys
 are `{REDIS_KEY_PREFIX}orderflow:ratelimit:LIMITER/<key>/<amount>/<multiple>/<unit>`.
 
 Headers (draft-ietf-httpapi-ratelimit-headers-07, the three-field form) on every `/api/` response,
@@ -233,13 +235,19 @@ class StoreRateLimitMiddleware:
         )
         state = scope.setdefault("state", {})
         state["manager_id"] = manager_id
-        key = f"manager:{manager_id}" if manager_id else f"client:{(scope.get('client') or ('-',))[0]}"
+        # With STORE_REQUIRE_AUTH, a request without credentials will be refused anyway: it counts
+        # against its own address, so that nobody can spend a manager's budget without logging in.
+        anonymous = self.cfg.store_require_auth and _header(scope, b"authorization") is None
+        if manager_id and not anonymous:
+            key = f"manager:{manager_id}"
+        else:
+            key = f"client:{(scope.get('client') or ('-',))[0]}"
         decision = await self.decide(key)
         extra = decision.headers() if decision is not None else []
 
         if decision is not None and not decision.allowed:
             retry = decision.reset_seconds
-            who = f"manager {manager_id}" if manager_id else "this client address"
+            who = f"manager {manager_id}" if key.startswith("manager:") else "this client address"
             message = (
                 f"Rate limit exceeded: the store API allows {self.item} for {who}. "
                 f"Retry in {retry} second{'s' if retry != 1 else ''}."

@@ -13,6 +13,7 @@ credentials: an admin may act for any `manager_id`, a manager only for the one b
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, Security, status
@@ -27,7 +28,7 @@ from api.openapi import store_responses
 from api.waiters import wait_while_pending
 from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
-from core.errors import Forbidden, Unauthorized
+from core.errors import Forbidden, OrderNotFound, Unauthorized
 from core.orders.models import OrderStatus
 from core.orders.service import IdempotencyRequest
 from core.store import service as store
@@ -231,7 +232,10 @@ async def _settled(session: SessionDep, order_id: int, wait: float) -> store.Sto
         await session.rollback()
         return order
 
-    order, _ = await wait_while_pending(order_id, wait, read, lambda o: o.status == OrderStatus.PENDING)
+    started = time.monotonic()
+    order, waited = await wait_while_pending(order_id, wait, read, lambda o: o.status == OrderStatus.PENDING)
+    if waited:
+        metrics.order_time_to_outcome.observe(time.monotonic() - started)
     return order
 
 
@@ -323,5 +327,12 @@ async def get_order(
     the order leaves `pending` or N seconds pass."""
     if caller is not None:
         first = await session.run_sync(store.get_order, order_id)
-        await authorize_manager(session, caller, first.manager_id)
+        try:
+            await authorize_manager(session, caller, first.manager_id)
+        except Forbidden as exc:
+            if caller.role != Role.MANAGER:
+                raise
+            # Another manager's order is not there, as far as this manager can tell (as in the
+            # core API): a 403 would tell that the id exists.
+            raise OrderNotFound(format_order_id(order_id)) from exc
     return outcome_response(await _settled(session, order_id, wait))

@@ -105,13 +105,16 @@ async def test_a_bound_manager_acts_for_their_manager_id_only(client):
     assert ledger_actors == {"shopkeeper"}
 
 
-async def test_a_manager_cannot_poll_another_managers_order(client, anon):
+async def test_another_managers_order_is_not_found_for_a_manager(client, anon):
     await anon.post("/api/inventory/products", json={**CONTRACT_BATCH, "manager_id": "mgr_456"})
     await anon.post("/api/orders/process", json=order_body(("prod_001", 1), manager="mgr_456"))
     manager = make_user(Role.MANAGER)
     await bind(client, manager.id, MGR)
     async with store_app(store_require_auth=True) as (_, c):
-        assert_store_error(await c.get("/api/orders/ord_001", headers=manager.basic), 403, "FORBIDDEN")
+        error = assert_store_error(
+            await c.get("/api/orders/ord_001", headers=manager.basic), 404, "ORDER_NOT_FOUND"
+        )
+        assert error["details"] == {"order_id": "ord_001"}
         assert (await c.get("/api/orders/ord_001", headers=ADMIN.bearer)).status_code == 200
 
 
@@ -145,3 +148,14 @@ async def test_by_default_no_credentials_are_needed_and_a_bad_header_is_ignored(
         "/api/inventory/products", json=CONTRACT_BATCH, headers={"Authorization": "Bearer x"}
     )
     assert response.status_code == 201
+
+
+async def test_requests_without_credentials_do_not_spend_the_named_managers_budget():
+    manager = make_user(Role.MANAGER)
+    async with store_app(store_require_auth=True, store_rate_limit="3/minute") as (_, c):
+        for _ in range(4):
+            await c.get("/api/inventory/products", params={"manager_id": MGR})
+        response = await c.get("/api/inventory/products", params={"manager_id": MGR}, headers=manager.basic)
+        # The anonymous requests went to the client address's budget (now spent), not to mgr_123's...
+        assert response.status_code == 403  # ...so this one is counted, and refused for the binding
+        assert response.headers["ratelimit-remaining"] == "2"

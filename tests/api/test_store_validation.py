@@ -259,7 +259,7 @@ ORDER_CASES = [
             products=[{"product_id": "prod_001", "quantity": 10**6}, {"product_id": "prod_1", "quantity": 1}]
         ),
         "body",
-        "at most 1000000 units",
+        "At most 1000000 units",
     ),
     (
         _order(products=[{"product_id": "prod_001", "quantity": 1, "price": 1}]),
