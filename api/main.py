@@ -40,6 +40,11 @@ Every error uses one envelope: `{"error", "message", "code", "details", "request
 **Authentication**: every route except `POST /users`, `/healthz`, `/readyz` and these docs needs
 `Authorization: Basic base64(username:password)` or `Authorization: Bearer <token>` (a token from
 `POST /login`). Press **Authorize** to try the routes here with either.
+
+**Store API** (`/api/...`, tag *store*): the store-manager contract. Public ids (`prod_001`,
+`ord_789`), the nested error envelope `{"error": {"code", "message", "details"}}`, a rate limit per
+`manager_id` (`RateLimit-*` headers on every response, 429 `RATE_LIMIT_EXCEEDED`), and a cached listing
+(`X-Cache`). No credentials are needed unless the server runs with `STORE_REQUIRE_AUTH=true`.
 """
 
 
