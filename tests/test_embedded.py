@@ -95,3 +95,40 @@ def test_embedded_default_runs_the_whole_order_flow(embedded_server):
         assert ready.status_code == 200
         assert ready.json()["checks"] == {"database": "ok", "redis": "in-memory"}
     assert (data_dir / "orderflow.sqlite3").exists()
+
+
+def test_embedded_default_serves_the_store_api(embedded_server):
+    """The store API on SQLite with the in-process worker, the in-memory rate limit and the in-memory
+    listing cache (invalidated by the worker thread's reservation)."""
+    base, _ = embedded_server
+    batch = {
+        "manager_id": "mgr_123",
+        "products": [
+            {"name": "Product A", "price": 15.99, "quantity": 10},
+            {"name": "Product B", "price": 12.99, "quantity": 5},
+        ],
+    }
+    order = {
+        "manager_id": "mgr_123",
+        "customer": {"id": "cust_42", "email": "jane@example.com"},
+        "products": [{"product_id": "prod_001", "quantity": 2}, {"product_id": "prod_002", "quantity": 1}],
+    }
+    listing = {"manager_id": "mgr_123"}
+    with httpx.Client(base_url=base, timeout=15) as http:
+        created = http.post("/api/inventory/products", json=batch)
+        assert created.status_code == 201, created.text
+        assert created.headers["ratelimit-remaining"] == "99"
+        assert http.get("/api/inventory/products", params=listing).headers["x-cache"] == "MISS"
+        assert http.get("/api/inventory/products", params=listing).headers["x-cache"] == "HIT"
+
+        processed = http.post("/api/orders/process", json=order)
+        assert processed.json() == {"order_id": "ord_001", "status": "processed", "total_amount": 44.97}
+
+        after = http.get("/api/inventory/products", params=listing)
+        assert after.headers["x-cache"] == "MISS"
+        assert [p["quantity"] for p in after.json()["products"]] == [8, 4]
+        rejected = http.post(
+            "/api/orders/process", json={**order, "products": [{"product_id": "prod_002", "quantity": 9}]}
+        )
+        assert rejected.status_code == 400
+        assert rejected.json()["error"]["code"] == "INSUFFICIENT_STOCK"

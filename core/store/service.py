@@ -230,8 +230,13 @@ def place_order(
 
 
 def get_order(session: Session, order_id: int) -> StoreOrder:
-    """The order as the store sees it. Raises OrderNotFound (404, public id)."""
+    """The order as the store sees it. Only store orders (placed for a `manager_id`) are visible
+    here: an order of the core API belongs to a user, whom the store API does not know. Raises
+    OrderNotFound (404, public id)."""
     try:
-        return StoreOrder.of(orders.get_order(session, order_id))
+        order = orders.get_order(session, order_id)
     except OrderNotFound:
-        raise OrderNotFound(format_order_id(order_id)) from None
+        order = None
+    if order is None or order.manager_id is None:
+        raise OrderNotFound(format_order_id(order_id))
+    return StoreOrder.of(order)

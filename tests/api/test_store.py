@@ -350,6 +350,14 @@ async def test_unknown_order_is_404(anon):
     assert "ord_789" in error["message"]
 
 
+async def test_a_core_api_order_is_not_a_store_order(client, anon):
+    """Orders placed through the core API belong to a user; the store API does not show them."""
+    await seed(anon)
+    created = await client.post("/orders", json={"product_id": 1, "quantity": 1})
+    assert created.status_code == 202
+    assert_store_error(await anon.get("/api/orders/ord_001"), 404, "ORDER_NOT_FOUND")
+
+
 @pytest.mark.parametrize("ref", ["789", "ord_", "ord_x1", "order_1", "ord_-1"])
 async def test_malformed_order_id_is_400(anon, ref):
     error = assert_store_error(await anon.get(f"/api/orders/{ref}"), 400, "INVALID_REQUEST")
