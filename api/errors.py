@@ -210,15 +210,24 @@ def _store_field_message(field: str, err: dict[str, Any]) -> str:
     return f"{field}: {msg[:1].lower() + msg[1:]}"
 
 
-def store_validation_details(errors: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+def store_validation_details(
+    errors: list[dict[str, Any]], content_type: str | None = None
+) -> tuple[str, dict[str, Any]]:
     """(message, details) of a store API validation failure: the message has a sentence per problem;
     `details.field` names the first field that failed (CONTRACT.md, "Store API") and
-    `details.fields` lists each one as `{field, message, type}`."""
+    `details.fields` lists each one as `{field, message, type}`. A body sent with another
+    `Content-Type` than JSON is not read as JSON, and the message says so."""
     fields = []
+    not_json = content_type is not None and "json" not in content_type.lower()
     for err in errors:
         kind = err.get("type")
         field = "body" if kind == "json_invalid" else store_field_path(err.get("loc", ()))
         text = _store_field_message(field, err)
+        if field == "body" and not_json:
+            text = (
+                "The request body must be JSON, sent with Content-Type: application/json "
+                f"(not {content_type})."
+            )
         if not text.endswith("."):
             text += "."
         fields.append({"field": field, "message": text, "type": kind})
@@ -266,7 +275,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
             return error_response(Unauthorized(MISSING_MESSAGE), path=request.url.path)
         if is_store_path(request.url.path):
-            message, details = store_validation_details(errors)
+            message, details = store_validation_details(errors, request.headers.get("content-type"))
             return JSONResponse(store_envelope("INVALID_REQUEST", message, details), 400)
         message, details = validation_details(request, errors)
         return JSONResponse(envelope("Invalid input", message, "INVALID_REQUEST", details), 400)

@@ -292,3 +292,16 @@ async def test_valid_email_forms_are_accepted(anon):
 @pytest.mark.parametrize("wait", ["-1", "31", "soon"])
 async def test_order_poll_wait_validation(anon, wait):
     assert_invalid(await anon.get(f"/api/orders/ord_001?wait={wait}"), "wait")
+
+
+async def test_a_body_sent_as_another_content_type_says_so(anon):
+    body = b'{"manager_id": "m", "products": [{"name": "a", "price": 1, "quantity": 1}]}'
+    response = await anon.post(
+        "/api/inventory/products", content=body, headers={"Content-Type": "text/plain"}
+    )
+    error = assert_invalid(response, "body", "Content-Type: application/json (not text/plain)")
+    assert error["details"]["fields"][0]["type"] == "model_attributes_type"
+    charset = await anon.post(
+        "/api/inventory/products", content=body, headers={"Content-Type": "application/json; charset=utf-8"}
+    )
+    assert charset.status_code == 201
