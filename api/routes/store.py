@@ -48,6 +48,9 @@ from core.users.security import Principal
 
 router = APIRouter(prefix="/api", tags=["store"])
 
+#: Credentials are optional in the OpenAPI document: the routes take them only with
+#: STORE_REQUIRE_AUTH=true (an empty requirement is appended to the two schemes).
+OPTIONAL_AUTH = {"security": [{}]}
 #: Seconds a client should wait before polling a pending order again.
 RETRY_AFTER_SECONDS = "1"
 #: HTTP status of a rejected order, by the rejection's code (CONTRACT.md: 400/404).
@@ -108,6 +111,7 @@ def actor_of(caller: Principal | None, manager_id: str) -> str:
     response_model=InventoryList,
     responses=store_responses(_400=["invalid_request", "duplicate_in_batch"], _404=["product_not_found"]),
     summary="Add or update a manager's products (one transaction)",
+    openapi_extra=OPTIONAL_AUTH,
 )
 async def upsert_products(body: InventoryBatch, session: SessionDep, caller: StoreCaller) -> InventoryList:
     """Each item with `id` updates that product; an item whose `name` is one of the manager's
@@ -138,6 +142,7 @@ async def upsert_products(body: InventoryBatch, session: SessionDep, caller: Sto
     response_model=InventoryList,
     responses=store_responses(_400=["invalid_status", "missing_manager_id"]),
     summary="List a manager's products (cached)",
+    openapi_extra=OPTIONAL_AUTH,
 )
 async def list_products(
     request: Request,
@@ -173,6 +178,7 @@ async def list_products(
     response_class=Response,
     responses=store_responses(_404=["product_not_found"]),
     summary="Stop selling a product (idempotent)",
+    openapi_extra=OPTIONAL_AUTH,
 )
 async def discontinue_product(body: DiscontinueRequest, session: SessionDep, caller: StoreCaller) -> Response:
     """204, also for a product already discontinued. Orders still pending for it are rejected by the
@@ -249,6 +255,7 @@ async def _settled(session: SessionDep, order_id: int, wait: float) -> store.Sto
         _409=["idempotency_conflict"],
     ),
     summary="Process an order through the queue and wait for the outcome",
+    openapi_extra=OPTIONAL_AUTH,
 )
 async def process_order(
     body: ProcessOrderRequest,
@@ -312,6 +319,7 @@ async def process_order(
         _404=["order_not_found", "product_not_found"],
     ),
     summary="Poll an order's outcome",
+    openapi_extra=OPTIONAL_AUTH,
 )
 async def get_order(
     order_id: Annotated[OrderRef, Path(description="e.g. ord_789")],

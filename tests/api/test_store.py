@@ -497,3 +497,29 @@ async def test_numeric_customer_id_is_accepted(anon):
             "id": 42,
             "email": "jane@example.com",
         }
+
+
+async def test_openapi_documents_the_store_routes(anon):
+    schema = (await anon.get("/openapi.json")).json()
+    operations = {
+        ("post", "/api/inventory/products"): "201",
+        ("get", "/api/inventory/products"): "200",
+        ("post", "/api/inventory/discontinue"): "204",
+        ("post", "/api/orders/process"): "200",
+        ("get", "/api/orders/{order_id}"): "200",
+    }
+    for (method, path), success in operations.items():
+        operation = schema["paths"][path][method]
+        codes = set(operation["responses"])
+        assert {success, "400", "429", "500"} <= codes
+        assert "422" not in codes
+        assert {} in operation["security"]  # credentials only with STORE_REQUIRE_AUTH=true
+        example = next(
+            iter(operation["responses"]["429"]["content"]["application/json"]["examples"].values())
+        )
+        assert set(example["value"]["error"]) == {"code", "message", "details"}
+    process = schema["paths"]["/api/orders/process"]["post"]["responses"]
+    assert process["202"]["content"]["application/json"]["example"] == {
+        "order_id": "ord_789",
+        "status": "pending",
+    }
