@@ -8,6 +8,7 @@ The session's real Celery worker consumes the orders queue. Requests carry no `A
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 from decimal import Decimal
 
@@ -523,3 +524,26 @@ async def test_openapi_documents_the_store_routes(anon):
         "order_id": "ord_789",
         "status": "pending",
     }
+
+
+async def test_concurrent_batches_naming_one_new_product_create_it_once(anon):
+    """Batches of one manager are serialised (an advisory lock), so the same new name sent at once
+    from several clients makes one product, updated by the others."""
+    batch = {"manager_id": MGR, "products": [{"name": "Fresh", "price": 2.5, "quantity": 7}]}
+    responses = await asyncio.gather(*(anon.post("/api/inventory/products", json=batch) for _ in range(8)))
+    assert {r.status_code for r in responses} == {201}
+    assert {r.json()["products"][0]["id"] for r in responses} == {"prod_001"}
+    assert await quantities(anon) == {"prod_001": 7}
+
+
+async def test_concurrent_store_orders_never_oversell(anon):
+    await seed(anon, {"manager_id": MGR, "products": [{"name": "Scarce", "price": 3, "quantity": 10}]})
+    responses = await asyncio.gather(
+        *(anon.post("/api/orders/process", json=order_body(("prod_001", 1))) for _ in range(30))
+    )
+    codes = [r.status_code for r in responses]
+    assert codes.count(200) == 10
+    assert codes.count(400) == 20
+    assert {r.json()["error"]["code"] for r in responses if r.status_code == 400} == {"INSUFFICIENT_STOCK"}
+    assert await quantities(anon) == {"prod_001": 0}
+    assert sum(delta for delta, _ in ledger(1)) == 0
