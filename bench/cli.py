@@ -508,12 +508,10 @@ def store_main(argv: list[str]) -> int:
     parser = build_store_parser()
     args = parser.parse_args(argv)
     err = Console(stderr=True)
-    try:
-        target, listing = validate_store(args)
-    except UsageError as exc:
-        parser.print_usage()
-        err.print(f"[red]error:[/] {exc}")
+    checked = _checked(parser, err, validate_store, args)
+    if checked is None:
         return 2
+    target, listing = checked
 
     results = new_store_results(args)
     code = _execute(lambda: run_store(args, target, listing, err, results), err, results)
@@ -546,6 +544,21 @@ def _execute(make: Callable[[], Coroutine[Any, Any, None]], err: Console, result
         stop_all_now()
 
 
+def _checked(
+    parser: argparse.ArgumentParser,
+    err: Console,
+    check: Callable[[argparse.Namespace], tuple[Any, Any]],
+    args: argparse.Namespace,
+) -> tuple[Any, Any] | None:
+    """`check(args)`, or None after printing the usage and the reason when the options are wrong."""
+    try:
+        return check(args)
+    except UsageError as exc:
+        parser.print_usage()
+        err.print(f"[red]error:[/] {exc}")
+        return None
+
+
 def _verdict(results: dict[str, Any]) -> int:
     invariants = results.get("invariants")
     return 0 if invariants is None or invariants["passed"] else 1
@@ -561,12 +574,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     err = Console(stderr=True)
-    try:
-        target, worker_counts = validate(args)
-    except UsageError as exc:
-        parser.print_usage()
-        err.print(f"[red]error:[/] {exc}")
+    checked = _checked(parser, err, validate, args)
+    if checked is None:
         return 2
+    target, worker_counts = checked
 
     results = new_results(args)
     code = _execute(lambda: run_benchmark(args, target, worker_counts, err, results), err, results)

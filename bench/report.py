@@ -101,12 +101,18 @@ def _closed_rows(table: Table, closed: Mapping[str, Any], label: str) -> None:
     table.add_row("", "outcomes", _counts(closed.get("outcomes")))
 
 
-def render(console: Console, results: Mapping[str, Any]) -> None:
-    """Print the figures of a run."""
-    table = Table(title="orderflow benchmark", show_lines=False)
+def _figures_table(title: str) -> Table:
+    """An empty table of (phase, figure, value) rows."""
+    table = Table(title=title, show_lines=False)
     table.add_column("phase", style="bold")
     table.add_column("figure")
     table.add_column("value", justify="right")
+    return table
+
+
+def render(console: Console, results: Mapping[str, Any]) -> None:
+    """Print the figures of a run."""
+    table = _figures_table("orderflow benchmark")
 
     setup = results.get("setup") or {}
     table.add_row(
@@ -177,10 +183,7 @@ STORE_ORDER_KEYS = ("p50_ms", "p90_ms", "p99_ms", "max_ms")
 
 def render_store(console: Console, results: Mapping[str, Any]) -> None:
     """Print the figures of a store API run (`python -m bench store`)."""
-    table = Table(title="orderflow store API benchmark", show_lines=False)
-    table.add_column("phase", style="bold")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
+    table = _figures_table("orderflow store API benchmark")
 
     setup = results.get("setup") or {}
     table.add_row(
