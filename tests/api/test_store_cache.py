@@ -244,3 +244,36 @@ async def test_embedded_memory_cache_versions_and_ttl():
     assert memory.version(MGR) != version
     memory.put(key, b"old", ttl=-1)
     assert memory.get(key) is None
+
+
+async def test_with_redis_unreachable_the_store_still_answers(anon):
+    """Redis down: the rate limit lets requests through (no RateLimit headers) and listings come from
+    the database, uncached."""
+    await seed(anon)
+    async with store_app(redis_url="redis://127.0.0.1:1/0") as (_, c):
+        for _ in range(2):
+            response = await c.get("/api/inventory/products", params={"manager_id": MGR})
+            assert response.status_code == 200
+            assert response.headers["x-cache"] == "MISS"
+            assert "ratelimit-limit" not in response.headers
+            assert len(response.json()["products"]) == 2
+
+
+async def test_metrics_count_cache_hits_and_misses(anon, client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def counts(text: str) -> dict[str, float]:
+        found = {}
+        for family in text_string_to_metric_families(text):
+            if family.name == "orderflow_store_listing_cache":
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        found[sample.labels["result"]] = sample.value
+        return found
+
+    before = counts((await client.get("/metrics")).text)
+    await seed(anon)
+    await warm(anon)  # one miss, one hit
+    after = counts((await client.get("/metrics")).text)
+    assert after.get("miss", 0) - before.get("miss", 0) == 1
+    assert after.get("hit", 0) - before.get("hit", 0) == 1
