@@ -35,7 +35,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = _header(scope, b"x-request-id")
+        incoming = header(scope, b"x-request-id")
         request_id = incoming if incoming and _SANE_ID.match(incoming) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
         started = time.perf_counter()
@@ -92,7 +92,8 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of request header `name` (lower-case bytes), or None."""
     for key, value in scope.get("headers", []):
         if key == name:
             return value.decode("latin-1")

@@ -63,6 +63,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
 from api.errors import internal_error_body, is_store_path, store_envelope
+from api.middleware import header
 from core.config import Settings, settings
 
 log = logging.getLogger("orderflow.ratelimit")
@@ -220,8 +221,8 @@ class StoreRateLimitMiddleware:
             await self.app(scope, receive, send)
             return
 
-        content_type = _header(scope, b"content-type")
-        declared = _header(scope, b"content-length")
+        content_type = header(scope, b"content-type")
+        declared = header(scope, b"content-length")
         too_large = declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES
         body = b""
         if not too_large:
@@ -237,7 +238,7 @@ class StoreRateLimitMiddleware:
         state["manager_id"] = manager_id
         # With STORE_REQUIRE_AUTH, a request without credentials will be refused anyway: it counts
         # against its own address, so that nobody can spend a manager's budget without logging in.
-        anonymous = self.cfg.store_require_auth and _header(scope, b"authorization") is None
+        anonymous = self.cfg.store_require_auth and header(scope, b"authorization") is None
         if manager_id and not anonymous:
             key = f"manager:{manager_id}"
         else:
@@ -362,10 +363,3 @@ async def _send_json(
         }
     )
     await send({"type": "http.response.body", "body": raw})
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key == name:
-            return value.decode("latin-1")
-    return None

@@ -279,10 +279,11 @@ async def process_order(
     await authorize_manager(session, caller, body.manager_id)
     cfg = request.app.state.settings
     idem = IdempotencyRequest(f"store:{body.manager_id}", idempotency_key) if idempotency_key else None
+    lines = body.merged_lines()
     order, replayed = await session.run_sync(
         lambda s: store.place_order(
             s,
-            body.merged_lines(),
+            lines,
             manager_id=body.manager_id,
             customer=body.customer_record(),
             idempotency=idem,
@@ -296,7 +297,7 @@ async def process_order(
                 action=AuditAction.ORDER_CREATE,
                 entity=AuditEntity.ORDER,
                 entity_id=str(order.id),
-                details={"manager_id": body.manager_id, "lines": len(body.merged_lines())},
+                details={"manager_id": body.manager_id, "lines": len(lines)},
             )
         )
     await session.commit()
