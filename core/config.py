@@ -62,6 +62,19 @@ class Settings(BaseSettings):
     order_sweep_interval_seconds: float = Field(default=10, gt=0)
     order_max_wait_seconds: float = Field(default=30, gt=0, description="Cap of ?wait=N on GET /orders/{id}")
 
+    dispatch_window_seconds: float = Field(
+        default=0.005,
+        ge=0,
+        le=1,
+        description="How long an API process gathers order ids into one reserve_orders task",
+    )
+    dispatch_max_batch: int = Field(default=100, ge=1, le=1000, description="Most order ids in one task")
+    redis_effect_timeout_seconds: float = Field(
+        default=0.25,
+        gt=0,
+        description="How long a request waits on Redis for an after-commit effect (invalidation, event)",
+    )
+
     # Celery / broker tuning (see docs/operations.md).
     redis_key_prefix: str = Field(
         default="", max_length=64, description="Prefix of every Redis key and channel (shared Redis)"
@@ -75,7 +88,7 @@ class Settings(BaseSettings):
     task_retry_backoff_max_seconds: int = Field(default=30, ge=1)
     broker_publish_timeout_seconds: float = Field(default=2.0, gt=0)
 
-    db_pool_size: int = Field(default=10, ge=1)
+    db_pool_size: int = Field(default=20, ge=1)
     db_max_overflow: int = Field(default=20, ge=0)
     db_pool_pre_ping: bool = Field(
         default=False, description="Test each pooled connection before use (one more round trip)"

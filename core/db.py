@@ -12,7 +12,7 @@ Sessions commit at the edge only (STYLE.md rule 1): `session_scope()` here for t
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from core import uow
 from core.config import Settings, settings
 
 NAMING_CONVENTION = {
@@ -142,8 +143,10 @@ def dispose_sync_engine() -> None:
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
-    """A synchronous session that commits when the block ends and rolls back on any exception."""
+def session_scope(send: Callable[[list[int]], bool] | None = None) -> Iterator[Session]:
+    """A synchronous unit of work: a session that commits when the block ends, then runs the
+    transaction's after-commit effects (`core.uow.run_sync`; `send` sends the order ids it
+    dispatches), and rolls back on any exception (the effects are then dropped)."""
     get_sync_engine()
     assert _sync_sessionmaker is not None
     session = _sync_sessionmaker()
@@ -155,3 +158,4 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+    uow.run_sync(uow.take_effects(session), send)

@@ -4,7 +4,8 @@ Configured for at-least-once processing that is safe to repeat:
 
 * JSON only; results ignored (order state lives in the database, not in a result backend).
 * Late ack (`task_acks_late`) and `task_reject_on_worker_lost`: a task whose worker dies mid-run is
-  redelivered; `process_order` is idempotent, so a second run is harmless.
+  redelivered; `reserve_orders` (a batch from the API's dispatcher or the sweep) and `process_order`
+  (one order) re-check each order's status under a lock, so a second run is harmless.
 * Prefetch multiplier 1 (`WORKER_PREFETCH_MULTIPLIER`): a busy worker does not hoard messages.
 * Redis visibility timeout (`BROKER_VISIBILITY_TIMEOUT_SECONDS`, default 600 s) longer than any task
   and its retry countdowns, so a slow task is not handed to a second worker.
@@ -27,6 +28,9 @@ _log = logging.getLogger(__name__)
 ORDERS_QUEUE = "orders"
 #: The Redis key of the orders queue (a list), for depth checks.
 ORDERS_QUEUE_KEY = f"{settings.redis_key_prefix}{ORDERS_QUEUE}"
+#: Reserve stock for a batch of orders (the API's dispatcher sends these): one transaction per batch.
+RESERVE_ORDERS = "orderflow.reserve_orders"
+#: Reserve stock for one order: the sweep's re-sends, retries, and a failed batch's orders one by one.
 PROCESS_ORDER = "orderflow.process_order"
 SWEEP_PENDING_ORDERS = "orderflow.sweep_pending_orders"
 
@@ -42,6 +46,7 @@ app.conf.update(
     worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
     task_default_queue=ORDERS_QUEUE,
     task_routes={
+        RESERVE_ORDERS: {"queue": ORDERS_QUEUE},
         PROCESS_ORDER: {"queue": ORDERS_QUEUE},
         SWEEP_PENDING_ORDERS: {"queue": ORDERS_QUEUE},
     },
@@ -88,6 +93,19 @@ if settings.redis_url is None:
 def _reset_after_fork(**_: object) -> None:
     """A forked pool process must not reuse its parent's database connections."""
     dispose_sync_engine()
+
+
+def enqueue_reserve_orders(order_ids: list[int]) -> bool:
+    """Send `reserve_orders(order_ids)` to the broker, by task name (blocking: the API calls it from
+    its dispatcher's thread, never on the event loop). Call only after the orders' transaction
+    committed (STYLE.md rule 2). Returns False when the broker could not be reached; the orders then
+    stay `pending` in the outbox and the beat sweep sends them later."""
+    try:
+        app.send_task(RESERVE_ORDERS, args=(list(order_ids),), queue=ORDERS_QUEUE)
+    except Exception as exc:  # noqa: BLE001 - any broker fault leaves the orders to the sweep
+        _log.warning("orders %s not enqueued (the sweep will re-send them): %s", order_ids[:10], exc)
+        return False
+    return True
 
 
 def enqueue_process_order(order_id: int) -> bool:

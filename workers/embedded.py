@@ -2,8 +2,10 @@
 
 With no `REDIS_URL`, the Celery app uses kombu's in-memory transport, which only reaches consumers
 in the same process; this module starts one there. It runs the same `workers.tasks` code as a
-standalone `celery worker` (CONTRACT.md, "Runtime": all in one), with the solo pool (one task at a
-time, which suits SQLite's single writer). A thread also runs the outbox sweep on beat's schedule.
+standalone `celery worker` (CONTRACT.md, "Runtime": all in one): `reserve_orders` batches from the
+API's dispatcher, reserved by `core.orders.reservation` through its SQLite path (simple statements in
+one `BEGIN IMMEDIATE` transaction per batch), with the solo pool (one task at a time, which suits
+SQLite's single writer). A thread also runs the outbox sweep on beat's schedule.
 """
 
 from __future__ import annotations

@@ -1,17 +1,28 @@
-"""Celery tasks: thin wrappers that take an id, open a session, call core, commit (STYLE.md).
+"""Celery tasks: thin wrappers that take ids, open a session, call core, commit (STYLE.md).
 
-`process_order` retries only transient database faults (lost connection, deadlock, serialization
-failure, pool timeout), with exponential backoff and full jitter, at most `TASK_MAX_RETRIES` times;
-then the order is set `failed`. Any other exception is a bug that a retry would only repeat: it is
-logged with its traceback and the order is set `failed` at once (its reservation was rolled back, so
-no stock is held). Were the database itself unreachable even for that, the order stays `pending` and
-the outbox sweep sends it again later.
+* `reserve_orders(order_ids)` is the pipeline's task: the API's dispatcher and the outbox sweep send
+  batches of up to ~100 order ids, reserved in one transaction (`core.orders.reservation`), with one
+  commit and then one event message for the whole batch. If the batch's transaction fails for any
+  reason, its orders are processed one by one, so one bad order cannot fail its neighbours.
+* `process_order(order_id)` is the per-order task: a failed batch's orders whose fault was transient,
+  and single re-sends. It retries only transient database faults (lost connection, deadlock,
+  serialization failure, statement timeout, pool timeout), with exponential backoff and full jitter,
+  at most `TASK_MAX_RETRIES` times; then the order is set `failed`. Any other exception is a bug that
+  a retry would only repeat: it is logged with its traceback and the order is set `failed` at once
+  (its reservation was rolled back, so no stock is held). Were the database unreachable even for
+  that, the order stays `pending` and the outbox sweep sends it again later.
+
+Every task is safe to run again with the same ids (late ack and redelivery, CONTRACT.md "Processing
+guarantees"): the reservation re-reads each order under a lock and leaves those that left `pending`.
+Order events and listing invalidations are after-commit effects of the unit of work (`core.uow`).
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
+from collections.abc import Iterable
 
 from celery import Task
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -19,15 +30,22 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from core.config import settings
 from core.db import session_scope
-from core.events import publish_order_changed
+from core.orders import reservation
 from core.orders import service as orders
-from workers.celery_app import PROCESS_ORDER, SWEEP_PENDING_ORDERS, app
+from core.orders.models import OrderStatus
+from workers.celery_app import PROCESS_ORDER, RESERVE_ORDERS, SWEEP_PENDING_ORDERS, app
 
 log = logging.getLogger(__name__)
 
 #: Database faults worth another try: the connection dropped, a deadlock or serialization failure was
 #: detected, or no pooled connection came free in time.
 TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError, PoolTimeout)
+#: The most order ids the outbox sweep puts in one `reserve_orders` message.
+SWEEP_BATCH_SIZE = 100
+#: What a batch reports for an order it did not decide (missing, or no longer pending).
+UNCHANGED = "unchanged"
+#: What a batch reports for an order handed to `process_order` after a transient fault.
+RETRYING = "retrying"
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -42,15 +60,70 @@ def backoff_seconds(retries: int, cap: float | None = None) -> float:
     return random.uniform(0, limit)
 
 
-@app.task(name=PROCESS_ORDER, bind=True, max_retries=settings.task_max_retries)
-def process_order(self: Task, order_id: int) -> str | None:
-    """Reserve stock for order `order_id` and confirm or reject it (core.orders.service).
+@app.task(name=RESERVE_ORDERS)
+def reserve_orders(order_ids: list[int]) -> dict[str, int]:
+    """Reserve stock for a batch of orders in one transaction and confirm or reject each.
 
-    Safe to run more than once for the same id. Returns the order's status afterwards.
+    Safe to run more than once for the same ids. Returns how many orders ended in each status,
+    `unchanged` counting ids that were missing or no longer pending, `retrying` those handed to
+    `process_order`.
     """
+    ids = sorted({int(order_id) for order_id in order_ids})
     try:
         with session_scope() as session:
-            status = orders.reserve_order(session, order_id)
+            outcomes = reservation.reserve_orders(session, ids)
+    except Exception as exc:  # noqa: BLE001 - any fault: each order then gets its own transaction
+        log.warning(
+            "batch of %d orders (%s...) failed, processing them one by one: %r", len(ids), ids[:5], exc
+        )
+        return dict(Counter(_reserve_alone(order_id) for order_id in ids))
+    counts = Counter(outcome.status for outcome in outcomes)
+    if len(outcomes) < len(ids):
+        counts[UNCHANGED] = len(ids) - len(outcomes)
+    return dict(counts)
+
+
+def _reserve_alone(order_id: int) -> str:
+    """A failed batch's order in its own transaction, with `process_order`'s rules: a transient
+    fault sends it to `process_order` after a backoff countdown, any other marks it `failed`.
+    Returns its status afterwards (`unchanged` when it is missing) or `retrying`. Never raises."""
+    try:
+        return _reserve_one(order_id) or UNCHANGED
+    except Exception as exc:
+        if is_transient(exc):
+            log.warning("order %s: transient database fault, sent to %s: %s", order_id, PROCESS_ORDER, exc)
+            try:
+                process_order.apply_async((order_id,), countdown=backoff_seconds(0))
+            except Exception as send_exc:  # noqa: BLE001 - the order stays pending for the sweep
+                log.error("order %s: not re-sent (the sweep will): %s", order_id, send_exc)
+                return OrderStatus.PENDING.value
+            return RETRYING
+        log.exception("order %s: processing error, marking failed", order_id)
+        return _fail(order_id, type(exc).__name__) or UNCHANGED
+
+
+def _reserve_one(order_id: int) -> str | None:
+    with session_scope() as session:
+        return orders.reserve_order(session, order_id)
+
+
+def _fail(order_id: int, reason: str) -> str | None:
+    """Mark the order `failed` in its own transaction; when even that fails, log it and leave the
+    order `pending` for the outbox sweep. Returns the status, or None when the order is missing."""
+    try:
+        with session_scope() as session:
+            return orders.mark_failed(session, order_id, reason)
+    except Exception as exc:  # noqa: BLE001 - the order stays pending for the sweep
+        log.error("order %s: could not be marked failed (the sweep will re-send it): %s", order_id, exc)
+        return OrderStatus.PENDING.value
+
+
+@app.task(name=PROCESS_ORDER, bind=True, max_retries=settings.task_max_retries)
+def process_order(self: Task, order_id: int) -> str | None:
+    """Reserve stock for order `order_id` and confirm or reject it (`core.orders.reservation`, with
+    one id). Safe to run more than once for the same id. Returns the order's status afterwards."""
+    try:
+        status = _reserve_one(order_id)
     except Exception as exc:
         if is_transient(exc) and self.request.retries < self.max_retries:
             log.warning("order %s: transient database fault, retrying: %s", order_id, exc)
@@ -63,20 +136,30 @@ def process_order(self: Task, order_id: int) -> str | None:
             status = orders.mark_failed(session, order_id, type(exc).__name__)
     if status is None:
         log.warning("order %s does not exist; nothing to process", order_id)
-        return None
-    publish_order_changed(order_id)
     return status
 
 
 @app.task(name=SWEEP_PENDING_ORDERS)
 def sweep_pending_orders(older_than_seconds: float | None = None) -> int:
     """The outbox sweep: re-send orders left `pending` longer than `ORDER_SWEEP_AFTER_SECONDS`
-    (their first send was lost, e.g. the broker was down). Returns how many were re-sent."""
+    (their first send was lost, e.g. the broker was down), in `reserve_orders` batches of at most
+    `SWEEP_BATCH_SIZE` ids. Returns how many orders were re-sent."""
     age = settings.order_sweep_after_seconds if older_than_seconds is None else older_than_seconds
     with session_scope() as session:
         ids = orders.stale_pending_orders(session, age)
-    for order_id in ids:
-        process_order.apply_async((order_id,))
+    for batch in _chunks(ids, SWEEP_BATCH_SIZE):
+        reserve_orders.apply_async((batch,))
     if ids:
         log.info("sweep re-sent %d pending orders", len(ids))
     return len(ids)
+
+
+def _chunks(ids: Iterable[int], size: int) -> Iterable[list[int]]:
+    batch: list[int] = []
+    for order_id in ids:
+        batch.append(order_id)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

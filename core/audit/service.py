@@ -30,6 +30,11 @@ def current_request_id() -> str | None:
     return None if value == "-" else value
 
 
+def actor_name(actor: str | None) -> str:
+    """How an audit row names `actor`: the name cut to 100 characters, `system` for None."""
+    return (actor or SYSTEM_ACTOR)[:_ACTOR_MAX]
+
+
 def _row(
     actor: str | None,
     action: str,
@@ -39,7 +44,7 @@ def _row(
     **shared: Any,
 ) -> dict[str, Any]:
     return {
-        "actor": (actor or SYSTEM_ACTOR)[:_ACTOR_MAX],
+        "actor": actor_name(actor),
         "action": action,
         "entity": entity,
         "entity_id": str(entity_id)[:_ENTITY_ID_MAX],

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import (
+    JSON,
+    Integer,
+    Row,
+    String,
+    Text,
+    any_,
+    bindparam,
+    cast,
+    column,
+    func,
+    insert,
+    outerjoin,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, joinedload, selectinload
 
+from core.db import UTCDateTime
 from core.orders.models import IdempotencyKey, Order, OrderLine, OrderStatus
 
 
@@ -36,13 +54,45 @@ _LINES_BY_PRODUCT = (
 )
 
 
-_LOCK_STATUS = select(Order.status, Order.manager_id).where(Order.id == bindparam("oid")).with_for_update()
-_LINE_QUANTITIES = (
-    select(OrderLine.product_id, OrderLine.quantity)
-    .where(OrderLine.order_id == bindparam("oid"))
-    .order_by(OrderLine.product_id)
+# --- the worker's batch reservation (core.orders.reservation) ------------------------------------
+# Built once at import (the hot path only binds values). PostgreSQL: arrays bound to `= ANY(...)` and
+# `unnest(...)`, one statement text whatever the batch size; SQLite: simple statements.
+
+_INT_ARRAY = postgresql.ARRAY(Integer)
+
+_ORDERS_WITH_LINES = (
+    select(Order.id, Order.status, Order.manager_id, OrderLine.product_id, OrderLine.quantity)
+    .select_from(outerjoin(Order, OrderLine, OrderLine.order_id == Order.id))
+    .order_by(Order.id, OrderLine.product_id)
 )
-_FINISH_PROCESSING = (
+# Rows are locked in the ORDER BY's order (order id), so two batches sharing orders cannot deadlock.
+# FOR NO KEY UPDATE (the lock an UPDATE takes) still conflicts with every other status writer's lock.
+_LOCK_FOR_RESERVATION_PG = _ORDERS_WITH_LINES.where(
+    Order.id == any_(bindparam("ids", type_=_INT_ARRAY))
+).with_for_update(of=Order.__table__, key_share=True)
+_LOCK_FOR_RESERVATION_SQLITE = _ORDERS_WITH_LINES.where(Order.id.in_(bindparam("ids", expanding=True)))
+
+_OUTCOMES = (
+    func.unnest(
+        bindparam("ids", type_=_INT_ARRAY),
+        bindparam("statuses", type_=postgresql.ARRAY(String)),
+        bindparam("errors", type_=postgresql.ARRAY(Text)),
+    )
+    .table_valued(column("id", Integer), column("status", String), column("error", Text))
+    .render_derived(name="v")
+)
+_RECORD_OUTCOMES_PG = (
+    update(Order)
+    .where(Order.id == _OUTCOMES.c.id)
+    .values(
+        status=_OUTCOMES.c.status,
+        error=cast(_OUTCOMES.c.error, JSON),
+        attempts=Order.attempts + 1,
+        processed_at=bindparam("now", type_=UTCDateTime()),
+        updated_at=bindparam("now", type_=UTCDateTime()),
+    )
+)
+_RECORD_OUTCOME_SQLITE = (
     update(Order)
     .where(Order.id == bindparam("oid"))
     .values(
@@ -53,26 +103,43 @@ _FINISH_PROCESSING = (
         updated_at=bindparam("now"),
     )
 )
+_CURRENT_OUTCOME = select(Order.status, Order.error, Order.updated_at).where(Order.id == bindparam("oid"))
 
 
-def lock_status(session: Session, order_id: int) -> tuple[str, str | None] | None:
-    """Lock the order row (SELECT status, manager_id ... FOR UPDATE); (status, manager_id), or None
-    when it is missing."""
-    row = session.connection().execute(_LOCK_STATUS, {"oid": order_id}).one_or_none()
-    return None if row is None else (row.status, row.manager_id)
+def lock_for_reservation(session: Session, order_ids: Sequence[int]) -> list[Row]:
+    """Lock the orders `order_ids` in one statement, in id order (PostgreSQL `SELECT ... FOR NO KEY
+    UPDATE OF orders`; SQLite's `BEGIN IMMEDIATE` already serialises), and return their rows
+    `(id, status, manager_id, product_id, quantity)`, one per line, ordered by order id then product
+    id (an order without lines gives one row with `product_id` None). Missing ids give no row."""
+    if not order_ids:
+        return []
+    pg = session.connection().dialect.name == "postgresql"
+    stmt = _LOCK_FOR_RESERVATION_PG if pg else _LOCK_FOR_RESERVATION_SQLITE
+    return list(session.connection().execute(stmt, {"ids": list(order_ids)}))
 
 
-def line_quantities(session: Session, order_id: int) -> list[tuple[int, int]]:
-    """(product_id, quantity) of every line, in product-id order: the fixed lock order that rules
-    out deadlocks between workers."""
-    rows = session.connection().execute(_LINE_QUANTITIES, {"oid": order_id})
-    return [(pid, qty) for pid, qty in rows]
+def record_outcomes(session: Session, outcomes: Sequence[tuple[int, str, dict | None]], at: datetime) -> None:
+    """Record the worker's decisions `(order_id, status, error object or None)`: status, error, one
+    more attempt, processed/updated at `at`. One `UPDATE ... FROM unnest(...)` on PostgreSQL."""
+    if not outcomes:
+        return
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        params = {
+            "ids": [order_id for order_id, _, _ in outcomes],
+            "statuses": [status for _, status, _ in outcomes],
+            "errors": [None if error is None else json.dumps(error) for _, _, error in outcomes],
+            "now": at,
+        }
+        conn.execute(_RECORD_OUTCOMES_PG, params)
+    else:
+        rows = [{"oid": o, "new_status": s, "new_error": e, "now": at} for o, s, e in outcomes]
+        conn.execute(_RECORD_OUTCOME_SQLITE, rows)
 
 
-def finish_processing(session: Session, order_id: int, status: str, error: dict | None, at: datetime) -> None:
-    """Record the worker's outcome: status, error object, one more attempt, processed/updated at."""
-    params = {"oid": order_id, "new_status": status, "new_error": error, "now": at}
-    session.connection().execute(_FINISH_PROCESSING, params)
+def current_outcome(session: Session, order_id: int) -> Row | None:
+    """`(status, error, updated_at)` of the order, or None when it does not exist."""
+    return session.connection().execute(_CURRENT_OUTCOME, {"oid": order_id}).one_or_none()
 
 
 def lock(session: Session, order_id: int) -> Order | None:

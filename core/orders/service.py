@@ -1,22 +1,21 @@
-"""Order use cases: intake (API), stock reservation (worker), status moves and cancellation.
+"""Order use cases: intake checks (the embedded default's intake path), reads, status moves and
+cancellation; the worker's reservation is `core.orders.reservation`.
 
 Rules come from CONTRACT.md, "Orders" and "Processing guarantees":
 
 * Intake checks the request against current stock as a courtesy; the worker's reservation is the
-  authority. The order is stored `pending` and the caller enqueues it after the commit.
-* `reserve_order` runs in one transaction: it locks the order row, returns at once unless the order
-  is still `pending` (so a redelivered task is harmless), then reserves every line with a conditional
-  update in product-id order (no deadlocks), writing one stock movement per line. If any line fails,
-  the lines already reserved are undone (a savepoint for multi-line orders; a one-line order's failed
-  update changed nothing), so no stock is held, and the order is `rejected` with the reason.
-* Cancelling a `confirmed` order releases its stock, again in product-id order with ledger rows.
+  authority. The order is stored `pending` and dispatched after the commit (`core.orders.intake`
+  registers the dispatch as an after-commit effect; on PostgreSQL it stores the order in one
+  statement and `place_order` here serves the SQLite default).
+* `reserve_order` is the reservation of one order: `reservation.reserve_orders` with one id.
+* Cancelling a `confirmed` order releases its stock, in product-id order with ledger rows. A status
+  move or a cancellation is announced to the waiting requests after the commit (`core.events`).
 
 Functions take a synchronous `Session` and never commit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -25,10 +24,11 @@ from decimal import Decimal
 
 from sqlalchemy.orm import Session
 
+from core.audit import service as audit
+from core.audit.models import AuditAction, AuditEntity
 from core.db import utcnow
 from core.errors import (
     Conflict,
-    DomainError,
     InsufficientStock,
     InvalidInput,
     InvalidStatus,
@@ -37,10 +37,13 @@ from core.errors import (
     ProductDiscontinued,
     ProductNotFound,
 )
+from core.events import OrderOutcome
 from core.orders import repository as repo
+from core.orders import reservation
 from core.orders.models import Order, OrderLine, OrderStatus
 from core.products import repository as products_repo
 from core.products.models import MovementReason
+from core.uow import effects_of
 
 #: Statuses an order never leaves.
 FINAL_STATUSES = frozenset(
@@ -118,10 +121,7 @@ def place_order(
     ]
     total = sum((line.unit_price * line.quantity for line in order_lines), Decimal("0.00"))
     if total > MAX_ORDER_TOTAL:
-        raise InvalidInput(
-            f"The order total {total:.2f} exceeds the largest accepted total {MAX_ORDER_TOTAL}.",
-            {"total_price": f"{total:.2f}", "max_total_price": str(MAX_ORDER_TOTAL)},
-        )
+        raise total_too_large(total)
     order = Order(
         status=OrderStatus.PENDING.value,
         user_id=user_id,
@@ -139,6 +139,14 @@ def place_order(
     if idempotency is not None:
         repo.bind_idempotency_key(session, idempotency.scope, idempotency.key, order.id)
     return PlacedOrder(order=order, replayed=False)
+
+
+def total_too_large(total: Decimal) -> InvalidInput:
+    """The 400 for an order whose total exceeds MAX_ORDER_TOTAL (`orders.total_price NUMERIC(14, 2)`)."""
+    return InvalidInput(
+        f"The order total {total:.2f} exceeds the largest accepted total {MAX_ORDER_TOTAL}.",
+        {"total_price": f"{total:.2f}", "max_total_price": str(MAX_ORDER_TOTAL)},
+    )
 
 
 def _replay(session: Session, idempotency: IdempotencyRequest, fingerprint: str) -> PlacedOrder:
@@ -173,65 +181,25 @@ def list_orders(
 
 
 def reserve_order(session: Session, order_id: int) -> str | None:
-    """The worker's step: reserve the stock of a pending order and confirm or reject it.
-
-    Returns the order's status afterwards, or None when the order does not exist. An order that has
-    left `pending` is returned untouched (redelivery, a sweep's re-send, or a cancellation won).
-    Written with prebuilt Core statements: this is the pipeline's hot path.
-    """
-    locked = repo.lock_status(session, order_id)
-    if locked is None:
+    """The worker's step for one order: `core.orders.reservation.reserve_orders` with one id (the
+    only reservation code path). Returns the order's status afterwards, or None when the order does
+    not exist. An order that has left `pending` is left untouched, and its current outcome is still
+    announced after the commit (the per-order task always tells the waiters where the order is)."""
+    outcomes = reservation.reserve_orders(session, [order_id])
+    if outcomes:
+        return outcomes[0].status
+    current = repo.current_outcome(session, order_id)
+    if current is None:
         return None
-    status, manager_id = locked
-    if status != OrderStatus.PENDING:
-        return status
-    lines = repo.line_quantities(session, order_id)
-    now = utcnow()
-    # A savepoint undoes the lines already reserved when a later one fails; a one-line order has
-    # nothing to undo (its failed conditional UPDATE changed no row), so it skips the round trips.
-    atomic = session.begin_nested() if len(lines) > 1 else contextlib.nullcontext()
-    error: dict | None = None
-    try:
-        with atomic:
-            movements = []
-            for product_id, quantity in lines:
-                stock_after = products_repo.reserve_stock(session, product_id, quantity, manager_id)
-                if stock_after is None:
-                    raise _why_unreservable(session, product_id, quantity, manager_id)
-                movements.append(
-                    {
-                        "product_id": product_id,
-                        "delta": -quantity,
-                        "stock_after": stock_after,
-                        "reason": MovementReason.RESERVATION,
-                        "order_id": order_id,
-                        "actor": "worker",
-                        "at": now,
-                    }
-                )
-            products_repo.add_movements(session, movements)
-    except DomainError as exc:
-        status, error = OrderStatus.REJECTED.value, exc.to_dict()
-    else:
-        status = OrderStatus.CONFIRMED.value
-    repo.finish_processing(session, order_id, status, error, now)
+    status, error, updated_at = current
+    effects_of(session).events.append(OrderOutcome(order_id, status, error, updated_at))
     return status
-
-
-def _why_unreservable(
-    session: Session, product_id: int, quantity: int, manager_id: str | None
-) -> DomainError:
-    product = products_repo.get(session, product_id)
-    if product is None or (manager_id is not None and product.manager_id != manager_id):
-        return ProductNotFound(product_id)
-    if product.discontinued:
-        return ProductDiscontinued(product.id, product.name)
-    return InsufficientStock(product.id, product.name, product.stock, quantity)
 
 
 def mark_failed(session: Session, order_id: int, reason: str) -> str | None:
     """Set a still-pending order `failed` after its retries ran out (no stock is held by a pending
-    order). Returns the status afterwards, or None when the order does not exist."""
+    order) and register its outcome event. Returns the status afterwards, or None when the order
+    does not exist."""
     order = repo.lock(session, order_id)
     if order is None:
         return None
@@ -246,6 +214,7 @@ def mark_failed(session: Session, order_id: int, reason: str) -> str | None:
         }
         order.processed_at = order.updated_at = utcnow()
         session.flush()
+        _announce(session, order)
     return order.status
 
 
@@ -262,6 +231,7 @@ def set_status(session: Session, order_id: int, value: object, *, actor: str | N
     """`PUT /orders/{id}/status`: `Completed` moves a confirmed order to completed; `Pending` on a
     pending order (and `Completed` on a completed one) changes nothing; any other move raises
     InvalidStatusTransition (409). A value other than Pending/Completed raises InvalidStatus (400).
+    The request is recorded in the audit log as `actor`; a move is announced to waiting requests.
     """
     target = SETTABLE_STATUSES.get(str(value).strip().lower()) if isinstance(value, str) else None
     if target is None:
@@ -270,13 +240,14 @@ def set_status(session: Session, order_id: int, value: object, *, actor: str | N
     if order is None:
         raise OrderNotFound(order_id)
     current = order.status
-    if current == target:
-        return get_order(session, order_id)
-    if not (current == OrderStatus.CONFIRMED and target == OrderStatus.COMPLETED):
-        raise InvalidStatusTransition(order_id, current, target.value)
-    order.status = target.value
-    order.updated_at = utcnow()
-    session.flush()
+    if current != target:
+        if not (current == OrderStatus.CONFIRMED and target == OrderStatus.COMPLETED):
+            raise InvalidStatusTransition(order_id, current, target.value)
+        order.status = target.value
+        order.updated_at = utcnow()
+        session.flush()
+        _announce(session, order)
+    _audit(session, actor, AuditAction.ORDER_STATUS, order)
     return get_order(session, order_id)
 
 
@@ -285,11 +256,13 @@ def cancel_order(
 ) -> Order:
     """Cancel a pending or confirmed order; a confirmed order's stock goes back (ledger reason
     `release`). Cancelling a cancelled order changes nothing. Raises OrderNotFound, or
-    InvalidStatusTransition (409) for a completed, rejected or failed order."""
+    InvalidStatusTransition (409) for a completed, rejected or failed order. Recorded in the audit
+    log as `actor`; the cancellation is announced to waiting requests."""
     order = repo.lock(session, order_id)
     if order is None or (user_id is not None and order.user_id != user_id):
         raise OrderNotFound(order_id)
     if order.status == OrderStatus.CANCELLED:
+        _audit(session, actor, AuditAction.ORDER_CANCEL, order)
         return get_order(session, order_id)
     if order.status not in (OrderStatus.PENDING, OrderStatus.CONFIRMED):
         raise InvalidStatusTransition(order_id, order.status, OrderStatus.CANCELLED.value)
@@ -308,7 +281,25 @@ def cancel_order(
     order.status = OrderStatus.CANCELLED.value
     order.updated_at = utcnow()
     session.flush()
+    _announce(session, order)
+    _audit(session, actor, AuditAction.ORDER_CANCEL, order)
     return get_order(session, order_id)
+
+
+def _announce(session: Session, order: Order) -> None:
+    """Publish the order's new status to the waiting requests once the transaction commits."""
+    effects_of(session).events.append(OrderOutcome(order.id, order.status, order.error, order.updated_at))
+
+
+def _audit(session: Session, actor: str | None, action: str, order: Order) -> None:
+    audit.record(
+        session,
+        actor=actor,
+        action=action,
+        entity=AuditEntity.ORDER,
+        entity_id=order.id,
+        details={"status": order.status},
+    )
 
 
 def stale_pending_orders(session: Session, older_than_seconds: float, limit: int = 500) -> list[int]:

@@ -15,9 +15,10 @@ new token and never revives old entries.
 
 How writes are seen: product rows changed through the ORM are picked up by a `before_flush` hook
 (including the old manager of a product that changed hands); the repository's single-statement stock
-updates call `touch()` with the manager their `RETURNING` gave. The `after_commit` hook then replaces
-the versions. A failed invalidation (Redis unreachable) is logged; the TTL bounds how long that
-manager's listing may then be stale.
+updates call `touch()` with the manager their `RETURNING` gave. Both register the managers as an
+after-commit effect of the unit of work (`core.uow`): the edge replaces the versions once the commit
+succeeded, before it answers. A failed invalidation (Redis unreachable) is logged; the TTL bounds how
+long that manager's listing may then be stale.
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ from sqlalchemy.orm import Session
 from core import redisconn
 from core.config import settings
 from core.products.models import Product
+from core.uow import effects_of
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = f"{settings.redis_key_prefix}orderflow:listing:"
-_TOUCHED = "orderflow.listing_managers"
 
 
 def version_key(manager_id: str) -> str:
@@ -60,10 +61,10 @@ def new_version() -> str:
 
 def touch(session: Session, *manager_ids: str | None) -> None:
     """Note that this transaction changed products of `manager_ids` (None is ignored: a product with
-    no manager is never in a store listing)."""
+    no manager is never in a store listing); their versions are replaced after the commit."""
     found = [m for m in manager_ids if m is not None]
     if found:
-        session.info.setdefault(_TOUCHED, set()).update(found)
+        effects_of(session).listings.update(found)
 
 
 @event.listens_for(Session, "before_flush")
@@ -72,18 +73,6 @@ def _touch_flushed_products(session: Session, _context: object, _instances: obje
         if isinstance(obj, Product):
             history = inspect(obj).attrs.manager_id.history
             touch(session, obj.manager_id, *(history.deleted or ()))
-
-
-@event.listens_for(Session, "after_commit")
-def _invalidate_committed(session: Session) -> None:
-    managers = session.info.pop(_TOUCHED, None)
-    if managers:
-        invalidate(managers)
-
-
-@event.listens_for(Session, "after_rollback")
-def _forget_rolled_back(session: Session) -> None:
-    session.info.pop(_TOUCHED, None)
 
 
 # --- the stores -----------------------------------------------------------------------------------

@@ -4,12 +4,14 @@ and flushes at most; the edge commits (STYLE.md rule 1)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, insert, select, update
+from sqlalchemy import Integer, Select, String, any_, bindparam, column, func, insert, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from core.db import utcnow
+from core.db import UTCDateTime, utcnow
 from core.products import cache
 from core.products.models import Product, StockMovement
 from core.products.schemas import ProductFilter
@@ -102,39 +104,98 @@ def add_stock(session: Session, product_id: int, quantity: int) -> int | None:
     return row.stock
 
 
-# Built once: the hot path of every order only binds values (statement construction is a
-# measurable share of the worker's CPU time).
-_RESERVE_STOCK = (
-    update(Product)
-    .where(
-        Product.id == bindparam("pid"),
-        Product.deleted_at.is_(None),
-        Product.discontinued.is_(False),
-        Product.stock >= bindparam("qty"),
-    )
-    .values(stock=Product.stock - bindparam("qty"), updated_at=bindparam("now"))
-    .returning(Product.stock, Product.manager_id)
+# --- the worker's batch reservation (core.orders.reservation) ------------------------------------
+# Built once at import: the hot path only binds values (statement construction is a measurable share
+# of the worker's CPU time). PostgreSQL gets one set-based statement per step, with arrays bound to
+# `= ANY(...)` and `unnest(...)` (one statement text whatever the batch size, so psycopg's prepared
+# statements are reused); SQLite, the embedded default's single writer, gets simple statements.
+
+_INT_ARRAY = postgresql.ARRAY(Integer)
+_TEXT_ARRAY = postgresql.ARRAY(String)
+
+_RESERVATION_COLUMNS = select(
+    Product.id, Product.name, Product.stock, Product.discontinued, Product.deleted_at, Product.manager_id
+).order_by(Product.id)
+# FOR NO KEY UPDATE is the lock an UPDATE of the row takes: it serialises every stock writer, but,
+# unlike FOR UPDATE, it lets the intake insert order lines referencing the product (their foreign-key
+# check takes FOR KEY SHARE) while a batch holds it.
+_LOCK_FOR_RESERVATION_PG = _RESERVATION_COLUMNS.where(
+    Product.id == any_(bindparam("pids", type_=_INT_ARRAY))
+).with_for_update(key_share=True)
+_LOCK_FOR_RESERVATION_SQLITE = _RESERVATION_COLUMNS.where(Product.id.in_(bindparam("pids", expanding=True)))
+
+_NEW_STOCKS = (
+    func.unnest(bindparam("pids", type_=_INT_ARRAY), bindparam("stocks", type_=_INT_ARRAY))
+    .table_valued(column("id", Integer), column("stock", Integer))
+    .render_derived(name="v")
 )
-# A store order (one with a manager) may only take stock of that manager's products.
-_RESERVE_MANAGER_STOCK = _RESERVE_STOCK.where(Product.manager_id == bindparam("mid"))
+_SET_STOCKS_PG = (
+    update(Product)
+    .where(Product.id == _NEW_STOCKS.c.id)
+    .values(stock=_NEW_STOCKS.c.stock, updated_at=bindparam("now", type_=UTCDateTime()))
+)
+_SET_STOCK_SQLITE = (
+    update(Product)
+    .where(Product.id == bindparam("pid"))
+    .values(stock=bindparam("new_stock"), updated_at=bindparam("now"))
+)
+
+_MOVEMENT_COLUMNS = ("product_id", "delta", "stock_after", "reason", "order_id", "actor", "at")
+_MOVEMENT_ROWS = (
+    func.unnest(
+        bindparam("product_id", type_=_INT_ARRAY),
+        bindparam("delta", type_=_INT_ARRAY),
+        bindparam("stock_after", type_=_INT_ARRAY),
+        bindparam("reason", type_=_TEXT_ARRAY),
+        bindparam("order_id", type_=_INT_ARRAY),
+        bindparam("actor", type_=_TEXT_ARRAY),
+        bindparam("at", type_=postgresql.ARRAY(UTCDateTime())),
+    )
+    .table_valued(
+        column("product_id", Integer),
+        column("delta", Integer),
+        column("stock_after", Integer),
+        column("reason", String),
+        column("order_id", Integer),
+        column("actor", String),
+        column("at", UTCDateTime()),
+    )
+    .render_derived(name="m")
+)
+_ADD_MOVEMENTS_PG = insert(StockMovement).from_select(
+    list(_MOVEMENT_COLUMNS), select(*(_MOVEMENT_ROWS.c[name] for name in _MOVEMENT_COLUMNS))
+)
 
 
-def reserve_stock(
-    session: Session, product_id: int, quantity: int, manager_id: str | None = None
-) -> int | None:
-    """Take `quantity` units for an order: the product must be live, not discontinued, hold at least
-    `quantity` and, when `manager_id` is given, belong to that manager. One conditional UPDATE that
-    also locks the row until the transaction ends. Returns the new stock, or None if any condition
-    failed."""
-    params = {"pid": product_id, "qty": quantity, "now": utcnow()}
-    stmt = _RESERVE_STOCK
-    if manager_id is not None:
-        stmt, params["mid"] = _RESERVE_MANAGER_STOCK, manager_id
-    row = session.connection().execute(stmt, params).one_or_none()
-    if row is None:
-        return None
-    cache.touch(session, row.manager_id)
-    return row.stock
+def _on_postgresql(session: Session) -> bool:
+    return session.connection().dialect.name == "postgresql"
+
+
+def lock_for_reservation(session: Session, product_ids: Sequence[int]) -> dict[int, Any]:
+    """Lock the products `product_ids` in one statement, in id order (the one global lock order that
+    rules out deadlocks between batches, and with a cancellation, which also locks products in id
+    order), and return `{id: row(id, name, stock, discontinued, deleted_at, manager_id)}`, deleted
+    products included (the caller decides what they mean). Missing ids are absent. SQLite takes no
+    row locks: its `BEGIN IMMEDIATE` transactions already run one at a time."""
+    if not product_ids:
+        return {}
+    pg = _on_postgresql(session)
+    stmt = _LOCK_FOR_RESERVATION_PG if pg else _LOCK_FOR_RESERVATION_SQLITE
+    rows = session.connection().execute(stmt, {"pids": list(product_ids)})
+    return {row.id: row for row in rows}
+
+
+def set_stocks(session: Session, stocks: dict[int, int], at: datetime) -> None:
+    """Set the stock of each product in `stocks` (`{product_id: new stock}`) and its `updated_at`,
+    in one statement on PostgreSQL (`UPDATE ... FROM unnest(ids, stocks)`). The rows must be locked
+    by this transaction (`lock_for_reservation`); the listing cache is the caller's (`cache.touch`)."""
+    if not stocks:
+        return
+    conn = session.connection()
+    if _on_postgresql(session):
+        conn.execute(_SET_STOCKS_PG, {"pids": list(stocks), "stocks": list(stocks.values()), "now": at})
+    else:
+        conn.execute(_SET_STOCK_SQLITE, [{"pid": p, "new_stock": s, "now": at} for p, s in stocks.items()])
 
 
 def release_stock(session: Session, product_id: int, quantity: int) -> int:
@@ -175,8 +236,14 @@ def add_movement(
 
 
 def add_movements(session: Session, rows: list[dict]) -> None:
-    """Insert ledger rows in one statement (`rows`: dicts of StockMovement columns)."""
-    if rows:
+    """Insert ledger rows, in one statement on PostgreSQL (`INSERT ... SELECT FROM unnest(...)`).
+    `rows`: dicts with every key of `product_id, delta, stock_after, reason, order_id, actor, at`."""
+    if not rows:
+        return
+    if _on_postgresql(session):
+        columns = {name: [row[name] for row in rows] for name in _MOVEMENT_COLUMNS}
+        session.connection().execute(_ADD_MOVEMENTS_PG, columns)
+    else:
         session.connection().execute(insert(StockMovement), rows)
 
 

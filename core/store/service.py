@@ -8,15 +8,18 @@ carry public ids (`prod_001`, `ord_789`), and never commit.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
 from core.errors import DomainError, InvalidInput, OrderNotFound, ProductNotFound
+from core.events import OrderOutcome
 from core.orders import service as orders
+from core.orders.intake import Intake, OrderRequest, OrderView, submit_order
 from core.orders.models import Order, OrderStatus
 from core.products import repository as products_repo
 from core.products import service as products
@@ -203,30 +206,23 @@ class StoreOrder:
     manager_id: str | None
 
     @classmethod
-    def of(cls, order: Order) -> StoreOrder:
+    def of(cls, order: Order | OrderView) -> StoreOrder:
         return cls(order.id, order.status, Decimal(order.total_price), order.error, order.manager_id)
 
+    def with_outcome(self, outcome: OrderOutcome) -> StoreOrder:
+        """The order after `outcome` (an order event)."""
+        return replace(self, status=outcome.status, error=outcome.error)
 
-def place_order(
-    session: Session,
-    lines: list[tuple[int, int]],
-    *,
-    manager_id: str,
-    customer: dict[str, Any],
-    idempotency: orders.IdempotencyRequest | None = None,
-) -> tuple[StoreOrder, bool]:
-    """`POST /api/orders/process`, intake: store a pending order for the manager's products (the
-    caller commits and enqueues it). The same checks as the core API's intake, scoped to the
-    manager, so most rejections are answered without a trip through the queue; the worker's
-    reservation still decides. Returns (order, replayed). Raises the domain errors of
-    `core.orders.service.place_order` with public ids."""
+
+async def place_order(session: AsyncSession, request: OrderRequest) -> Intake:
+    """`POST /api/orders/process`, intake: the core intake (`core.orders.intake.submit_order`) for a
+    store order (`request.manager_id` set: only that manager's products can be ordered), so most
+    rejections are answered without a trip through the queue; the worker's reservation still decides.
+    Raises the domain errors of `submit_order` with public ids (`prod_001`)."""
     try:
-        placed = orders.place_order(
-            session, lines, customer=customer, manager_id=manager_id, idempotency=idempotency
-        )
+        return await submit_order(session, request)
     except DomainError as exc:
         raise publicized(exc) from None
-    return StoreOrder.of(placed.order), placed.replayed
 
 
 def get_order(session: Session, order_id: int) -> StoreOrder:

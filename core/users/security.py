@@ -177,6 +177,11 @@ def decode_token(token: str, secret: str) -> Principal:
     """The principal a valid token names. Raises `InvalidToken` when the token is malformed, its
     signature does not match `secret`, its algorithm is not HS256, it has expired, or a required
     claim (`exp`, `iat`, `sub`, `username`, `role`) is missing or of the wrong shape."""
+    return verify_token(token, secret)[0]
+
+
+def verify_token(token: str, secret: str) -> tuple[Principal, float]:
+    """`decode_token`, and the token's expiry (`exp`, seconds since the epoch)."""
     try:
         claims: dict[str, Any] = jwt.decode(
             token, secret, algorithms=[JWT_ALGORITHM], options={"require": _REQUIRED_CLAIMS}
@@ -186,11 +191,12 @@ def decode_token(token: str, secret: str) -> Principal:
     except jwt.PyJWTError as exc:
         raise InvalidToken("The access token is invalid.") from exc
     try:
-        return Principal(
+        principal = Principal(
             id=int(claims["sub"]),
             username=str(claims["username"]),
             role=Role(claims["role"]),
             from_token=True,
         )
+        return principal, float(claims["exp"])
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidToken("The access token is invalid.") from exc

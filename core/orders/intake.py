@@ -1,0 +1,299 @@
+"""Order intake, shared by `POST /orders` and `POST /api/orders/process` (CONTRACT.md, "Orders" and
+"Store API"): check the products, snapshot prices, store the order `pending` with its lines, its
+idempotency key and its audit row, and register its dispatch as an after-commit effect.
+
+On PostgreSQL all of that is **one statement** (`_INTAKE`, a data-modifying CTE), run outside an
+explicit transaction: a single statement is atomic, so the order, its lines, its key and its audit
+row are stored together or not at all, in one round trip, and psycopg prepares the statement on
+each connection after its first uses. The checks and the inserts read the same snapshot; when a check
+fails nothing is inserted and the products' rows come back so the reason can be told exactly.
+
+Idempotency keys (scope, key) are unique: a key already stored makes the statement insert nothing
+and return the first order's id (a replay, or 409 for another body); a concurrent first use of the
+same key makes the statement wait for the other transaction and then fail on the unique index, after
+which the key is read again. The embedded SQLite default takes the simpler path of
+`core.orders.service.place_order` (several statements in its transaction).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from core.audit import service as audit
+from core.audit.models import AuditAction, AuditEntity
+from core.db import utcnow
+from core.errors import Conflict, InsufficientStock, InvalidInput, ProductDiscontinued, ProductNotFound
+from core.orders import service
+from core.orders.models import OrderStatus
+from core.uow import effects_of
+
+UNIQUE_VIOLATION = "23505"
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """What a client asked for, on either surface.
+
+    `lines`: (product_id, quantity) pairs, product ids unique (`merge_lines`). `user_id`: the core
+    API's caller; `manager_id`/`customer`: a store order (only that manager's products can be
+    ordered). `idempotency_key`: the `Idempotency-Key` header, scoped by `scope` (`user:<id>` or
+    `store:<manager_id>`). `actor`: who the audit row names."""
+
+    lines: list[tuple[int, int]]
+    actor: str
+    scope: str
+    user_id: int | None = None
+    manager_id: str | None = None
+    customer: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    audit_details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LineView:
+    product_id: int
+    name: str
+    quantity: int
+    unit_price: Decimal
+
+
+@dataclass(frozen=True)
+class OrderView:
+    """An order as stored (the shape `OrderRead.of` and `StoreOrder.of` read)."""
+
+    id: int
+    status: str
+    lines: list[LineView]
+    total_price: Decimal
+    user_id: int | None
+    manager_id: str | None
+    customer: dict[str, Any] | None
+    error: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Intake:
+    """The stored order and whether it is a replay of an earlier request with the same key."""
+
+    order: Any  # OrderView, or the ORM Order on the SQLite path and for replays
+    replayed: bool
+
+
+_INTAKE = text(
+    """
+WITH req AS (
+    SELECT r.product_id, r.quantity, (r.ord - 1)::int AS position
+    FROM unnest(CAST(:pids AS integer[]), CAST(:qtys AS integer[])) WITH ORDINALITY
+         AS r(product_id, quantity, ord)
+), snap AS (
+    SELECT p.id, p.name, p.price, p.stock, p.discontinued, p.manager_id
+    FROM products p
+    WHERE p.id = ANY(CAST(:pids AS integer[])) AND p.deleted_at IS NULL
+), ok AS (
+    SELECT req.product_id, req.quantity, req.position, snap.name, snap.price
+    FROM req JOIN snap ON snap.id = req.product_id
+    WHERE NOT snap.discontinued AND snap.stock >= req.quantity
+      AND (CAST(:mid AS varchar) IS NULL OR snap.manager_id = CAST(:mid AS varchar))
+), total AS (
+    SELECT count(*) AS n, coalesce(sum(ok.price * ok.quantity), 0) AS amount FROM ok
+), prior AS (
+    SELECT k.order_id, k.request_hash FROM idempotency_keys k
+    WHERE k.scope = CAST(:scope AS varchar) AND k.key = CAST(:key AS varchar)
+), new_order AS (
+    INSERT INTO orders (status, user_id, manager_id, customer, total_price, error, attempts,
+                        created_at, updated_at, enqueued_at)
+    SELECT 'pending', CAST(:uid AS integer), CAST(:mid AS varchar), CAST(:customer AS json),
+           total.amount, NULL, 0, :now, :now, :now
+    FROM total
+    WHERE total.n = cardinality(CAST(:pids AS integer[])) AND total.amount <= CAST(:max_total AS numeric)
+      AND NOT EXISTS (SELECT 1 FROM prior)
+    RETURNING id
+), new_lines AS (
+    INSERT INTO order_lines (order_id, product_id, position, name, quantity, unit_price)
+    SELECT new_order.id, ok.product_id, ok.position, ok.name, ok.quantity, ok.price
+    FROM new_order CROSS JOIN ok
+), new_key AS (
+    INSERT INTO idempotency_keys (scope, key, request_hash, order_id, created_at)
+    SELECT CAST(:scope AS varchar), CAST(:key AS varchar), CAST(:hash AS varchar), new_order.id, :now
+    FROM new_order WHERE CAST(:key AS varchar) IS NOT NULL
+), new_audit AS (
+    INSERT INTO audit_log (at, actor, action, entity, entity_id, request_id, details)
+    SELECT :now, CAST(:actor AS varchar), CAST(:action AS varchar), CAST(:entity AS varchar),
+           new_order.id::text, CAST(:request_id AS varchar),
+           (CAST(:audit AS jsonb) || jsonb_build_object('total_price', total.amount::text))::json
+    FROM new_order CROSS JOIN total
+)
+SELECT (SELECT id FROM new_order) AS order_id,
+       (SELECT order_id FROM prior) AS prior_order_id,
+       (SELECT request_hash FROM prior) AS prior_hash,
+       (SELECT json_agg(json_build_array(s.id, s.name, s.price::text, s.stock, s.discontinued,
+                                         s.manager_id))
+        FROM snap s) AS products
+"""
+)
+_PRIOR_KEY = text("SELECT order_id, request_hash FROM idempotency_keys WHERE scope = :scope AND key = :key")
+
+
+@dataclass(frozen=True)
+class _Product:
+    id: int
+    name: str
+    price: Decimal
+    stock: int
+    discontinued: bool
+    manager_id: str | None
+
+
+async def submit_order(session: AsyncSession, request: OrderRequest) -> Intake:
+    """Store a `pending` order and register it for dispatch after the commit.
+
+    Raises ProductNotFound (404; a product that does not exist, was deleted, or, for a store order,
+    is another manager's), ProductDiscontinued (400), InsufficientStock (400), InvalidInput (400) when
+    the total exceeds `service.MAX_ORDER_TOTAL`, Conflict (409) when the idempotency key was used with
+    another body. A replay returns the first order (`replayed=True`) and dispatches nothing.
+    On PostgreSQL `session` should be in autocommit mode (the API's intake session): the statement is
+    then its own transaction."""
+    if session.bind.dialect.name != "postgresql":
+        return await session.run_sync(_submit_sync, request)
+    fingerprint = _fingerprint(request) if request.idempotency_key is not None else None
+    now = utcnow()
+    params = {
+        "pids": [pid for pid, _ in request.lines],
+        "qtys": [qty for _, qty in request.lines],
+        "mid": request.manager_id,
+        "uid": request.user_id,
+        "customer": json.dumps(request.customer) if request.customer is not None else None,
+        "now": now,
+        "max_total": str(service.MAX_ORDER_TOTAL),
+        "scope": request.scope if request.idempotency_key is not None else None,
+        "key": request.idempotency_key,
+        "hash": fingerprint,
+        "actor": audit.actor_name(request.actor),
+        "action": AuditAction.ORDER_CREATE,
+        "entity": AuditEntity.ORDER,
+        "request_id": audit.current_request_id(),
+        "audit": json.dumps({"lines": len(request.lines), **request.audit_details}),
+    }
+    try:
+        row = (await session.execute(_INTAKE, params)).one()
+    except IntegrityError as exc:
+        if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION or request.idempotency_key is None:
+            raise
+        await session.rollback()  # a no-op in autocommit mode; ends a failed transaction otherwise
+        prior = (await session.execute(_PRIOR_KEY, params)).one_or_none()
+        if prior is None:  # the other request rolled back after all: try once more
+            row = (await session.execute(_INTAKE, params)).one()
+        else:
+            return await _replay(session, request, prior.order_id, prior.request_hash, fingerprint)
+    if row.order_id is None:
+        if row.prior_order_id is not None:
+            return await _replay(session, request, row.prior_order_id, row.prior_hash, fingerprint)
+        _raise_refusal(request, _products(row.products))
+    effects_of(session.sync_session).dispatch.append(row.order_id)
+    return Intake(_view(row.order_id, request, _products(row.products), now), replayed=False)
+
+
+def _fingerprint(request: OrderRequest) -> str:
+    return service.request_fingerprint(
+        request.lines, {"manager_id": request.manager_id, "customer": request.customer}
+    )
+
+
+async def _replay(
+    session: AsyncSession, request: OrderRequest, order_id: int | None, stored: str, fingerprint: str | None
+) -> Intake:
+    if order_id is None or stored != fingerprint:
+        raise Conflict(
+            f"The idempotency key '{request.idempotency_key}' was already used with a different request.",
+            {"idempotency_key": request.idempotency_key},
+        )
+    order = await session.run_sync(service.get_order, order_id)
+    return Intake(order, replayed=True)
+
+
+def _products(raw: Any) -> dict[int, _Product]:
+    items = json.loads(raw) if isinstance(raw, str) else (raw or [])
+    return {
+        pid: _Product(pid, name, Decimal(price), stock, discontinued, manager_id)
+        for pid, name, price, stock, discontinued, manager_id in items
+    }
+
+
+def _raise_refusal(request: OrderRequest, products: dict[int, _Product]) -> None:
+    """Raise the reason the statement stored nothing, judged on the rows it read (the same order of
+    checks as `service.place_order`)."""
+    total = Decimal("0.00")
+    for product_id, quantity in request.lines:
+        product = products.get(product_id)
+        if product is None or (request.manager_id is not None and product.manager_id != request.manager_id):
+            raise ProductNotFound(product_id)
+        if product.discontinued:
+            raise ProductDiscontinued(product.id, product.name)
+        if product.stock < quantity:
+            raise InsufficientStock(product.id, product.name, product.stock, quantity)
+        total += product.price * quantity
+    if total > service.MAX_ORDER_TOTAL:
+        raise service.total_too_large(total)
+    raise InvalidInput("The order could not be stored; please send it again.")  # pragma: no cover
+
+
+def _view(order_id: int, request: OrderRequest, products: dict[int, _Product], now: datetime) -> OrderView:
+    lines = [LineView(pid, products[pid].name, qty, products[pid].price) for pid, qty in request.lines]
+    total = sum((line.unit_price * line.quantity for line in lines), Decimal("0.00"))
+    return OrderView(
+        id=order_id,
+        status=OrderStatus.PENDING.value,
+        lines=lines,
+        total_price=total.quantize(Decimal("0.01")),
+        user_id=request.user_id,
+        manager_id=request.manager_id,
+        customer=request.customer,
+        error=None,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def _submit_sync(session: Session, request: OrderRequest) -> Intake:
+    """The embedded default's intake: `service.place_order` plus the audit row, in the caller's
+    transaction."""
+    idem = (
+        service.IdempotencyRequest(request.scope, request.idempotency_key)
+        if request.idempotency_key is not None
+        else None
+    )
+    placed = service.place_order(
+        session,
+        request.lines,
+        user_id=request.user_id,
+        customer=request.customer,
+        manager_id=request.manager_id,
+        idempotency=idem,
+    )
+    if not placed.replayed:
+        order = placed.order
+        audit.record(
+            session,
+            actor=request.actor,
+            action=AuditAction.ORDER_CREATE,
+            entity=AuditEntity.ORDER,
+            entity_id=order.id,
+            details={
+                "lines": len(request.lines),
+                **request.audit_details,
+                "total_price": f"{Decimal(order.total_price):.2f}",
+            },
+        )
+        effects_of(session).dispatch.append(order.id)
+    return Intake(placed.order, placed.replayed)
