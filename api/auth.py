@@ -25,6 +25,7 @@ import hmac
 import logging
 import os
 import secrets
+import time
 from functools import cached_property
 
 import anyio
@@ -41,10 +42,10 @@ from core.users.security import (
     InvalidToken,
     PasswordChecker,
     Principal,
-    decode_token,
     hash_cost,
     hash_password,
     issue_token,
+    verify_token,
 )
 
 log = logging.getLogger("orderflow.auth")
@@ -67,6 +68,8 @@ bearer_scheme = HTTPBearer(
 MISSING_MESSAGE = "Authentication required: send Basic credentials or a Bearer token."
 WRONG_MESSAGE = "The username or password is wrong."
 MALFORMED_MESSAGE = "The Basic credentials must be base64 of 'username:password'."
+#: Verified bearer tokens remembered per process (each until its `exp`).
+TOKEN_CACHE_SIZE = 10_000
 
 
 class Authenticator:
@@ -81,6 +84,7 @@ class Authenticator:
         self._bcrypt_slots = anyio.CapacityLimiter(os.cpu_count() or 1)
         self._flight_key = secrets.token_bytes(32)
         self._in_flight: dict[bytes, asyncio.Future[bool]] = {}
+        self._tokens: dict[str, tuple[Principal, float]] = {}
 
     @cached_property
     def checker(self) -> PasswordChecker:
@@ -159,7 +163,20 @@ class Authenticator:
         return result
 
     def bearer(self, token: str) -> Principal:
-        return decode_token(token, self.secret)
+        """The principal of a valid bearer token; `InvalidToken` otherwise. A verified token is
+        remembered until it expires (at most `TOKEN_CACHE_SIZE` of them), so a client that sends the
+        same token on every request pays for the HMAC check once."""
+        now = time.time()
+        known = self._tokens.get(token)
+        if known is not None and known[1] > now:
+            return known[0]
+        principal, expires = verify_token(token, self.secret)
+        if len(self._tokens) >= TOKEN_CACHE_SIZE:
+            self._tokens = {t: v for t, v in self._tokens.items() if v[1] > now}
+            if len(self._tokens) >= TOKEN_CACHE_SIZE:
+                self._tokens.clear()
+        self._tokens[token] = (principal, expires)
+        return principal
 
     def issue(self, principal: Principal) -> str:
         return issue_token(principal, self.secret, self.cfg.jwt_expires_seconds)

@@ -4,7 +4,7 @@ guards (CONTRACT.md, "Users and authentication"), pagination."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
@@ -12,24 +12,36 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.auth import MISSING_MESSAGE, authenticate, basic_scheme, bearer_scheme
 from core.errors import Forbidden, Unauthorized
+from core.uow import take_effects
 from core.users import service as users_service
 from core.users.security import InvalidToken, Principal
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
+F = TypeVar("F", bound=Any)
+
+
+def single_statement(endpoint: F) -> F:
+    """Mark a route whose write is one atomic statement (order intake): on PostgreSQL its session runs
+    in autocommit mode, so no BEGIN/COMMIT round trips are paid (`core.orders.intake`)."""
+    endpoint.single_statement = True  # type: ignore[attr-defined]
+    return endpoint
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """An `AsyncSession` committed when the route returns, rolled back if it raises
-    (STYLE.md rule 1). Routes that must act after the commit (enqueue) commit themselves first.
+    """The request's unit of work (STYLE.md rules 1 and 2): an `AsyncSession` committed once when
+    the route returns, or rolled back if it raises; after the commit, the transaction's effects
+    (`core.uow`: order dispatch, cache invalidation, order events) run through
+    `app.state.effects`. Routes never commit or roll back.
 
-    Used with `scope="function"`, so the commit happens before the response is sent: a client that
-    got its 2xx can read its write at once, and a failed commit is a 500, never a success.
-    GET and HEAD requests only read: on PostgreSQL their statements run in autocommit mode."""
-    factory = (
-        request.app.state.read_sessionmaker
-        if request.method in READ_ONLY_METHODS
-        else request.app.state.sessionmaker
+    Used with `scope="function"`, so the commit and its effects happen before the response is sent:
+    a client that got its 2xx can read its write at once, and a failed commit is a 500, never a
+    success. GET and HEAD requests only read, and `single_statement` routes write with one atomic
+    statement: on PostgreSQL their statements run in autocommit mode."""
+    state = request.app.state
+    autocommit = request.method in READ_ONLY_METHODS or getattr(
+        request.scope.get("endpoint"), "single_statement", False
     )
+    factory = state.read_sessionmaker if autocommit else state.sessionmaker
     async with factory() as session:
         try:
             yield session
@@ -37,6 +49,9 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         except BaseException:
             await session.rollback()
             raise
+        effects = take_effects(session.sync_session)
+        if effects:
+            await state.effects.run(effects)
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -1,46 +1,125 @@
-"""Sending orders to the broker from the API without stalling its event loop.
+"""Sending orders to the workers from the API, in batches, without blocking its event loop.
 
-Publishing a Celery message is a short blocking call (~0.5 ms); a thread hop per order costs more
-than the call itself, so the call is made on the event loop while the broker answers. When a send
-fails, the dispatcher opens for `cooldown` seconds: orders are then only stored (the outbox sweep
-sends them), and the next attempt after the cooldown runs in a worker thread, so an unreachable
-broker can stall the loop at most once. A success closes it again.
+`OrderDispatcher.submit(ids)` is called after the orders' transaction committed (STYLE.md rule 2)
+and returns at once. Ids are coalesced for at most `window` seconds or `max_batch` ids, whichever
+comes first, into one `reserve_orders` task, which the worker reserves in one transaction
+(`core.orders.reservation`). The blocking Celery publish runs in the dispatcher's own thread, one
+batch at a time, so ids submitted while a publish is under way join the next batch: the busier the
+process, the larger its batches.
+
+Circuit breaker: when a publish fails (broker unreachable), the dispatcher opens for `cooldown`
+seconds. Orders submitted meanwhile are only stored: the orders table is the outbox, and the beat
+sweep sends what stayed `pending` (`ORDER_SWEEP_AFTER_SECONDS`). A success closes it again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
-from starlette.concurrency import run_in_threadpool
+from api import metrics
+from workers.celery_app import enqueue_reserve_orders
 
-from workers.celery_app import enqueue_process_order
+log = logging.getLogger("orderflow.api")
 
 
 class OrderDispatcher:
-    """A circuit breaker around `enqueue_process_order` (see the module docstring)."""
+    """Coalesce order ids into `reserve_orders` batches and publish them off the event loop."""
 
-    def __init__(self, send: Callable[[int], bool] = enqueue_process_order, cooldown: float = 5.0) -> None:
+    def __init__(
+        self,
+        send: Callable[[list[int]], bool] = enqueue_reserve_orders,
+        *,
+        window: float = 0.005,
+        max_batch: int = 100,
+        cooldown: float = 5.0,
+    ) -> None:
         self._send = send
+        self._window = window
+        self._max_batch = max_batch
         self._cooldown = cooldown
         self._open_until = 0.0
-        self._suspect = False
+        self._pending: list[int] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_flight: set[asyncio.Future[bool]] = set()
+        self._busy = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="order-dispatch")
 
-    async def send(self, order_id: int) -> bool:
-        """Enqueue `order_id`; False when it was left to the sweep (broker unreachable)."""
-        if time.monotonic() < self._open_until:
-            return False
-        if self._suspect:
-            sent = await run_in_threadpool(self._send, order_id)
+    @property
+    def is_open(self) -> bool:
+        """True while a failed publish keeps the breaker open (orders are left to the sweep)."""
+        return time.monotonic() < self._open_until
+
+    def submit(self, order_ids: Iterable[int]) -> None:
+        """Queue `order_ids` for the next batch; call from the event loop, after the commit."""
+        ids = list(order_ids)
+        if not ids:
+            return
+        if self.is_open:
+            metrics.orders_submitted.labels("deferred").inc(len(ids))
+            return
+        self._pending.extend(ids)
+        if len(self._pending) >= self._max_batch:
+            self._start()
+        if self._pending and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._window, self.flush)
+
+    def flush(self) -> None:
+        """Publish what is queued now (when no publish is under way; else right after it)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._start()
+
+    def _start(self) -> None:
+        """Hand the next batch to the dispatcher's thread, unless a publish is under way: the ids
+        then wait for it and go together in the batch after it."""
+        if self._busy or not self._pending:
+            return
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        self._busy = True
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._publish, batch)
+        self._in_flight.add(future)
+        future.add_done_callback(self._published)
+
+    def _published(self, future: asyncio.Future[bool]) -> None:
+        self._in_flight.discard(future)
+        self._busy = False
+        if len(self._pending) >= self._max_batch or (self._pending and self._timer is None):
+            self._start()
+            if self._pending and self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(self._window, self.flush)
+
+    def _publish(self, batch: list[int]) -> bool:
+        """In the dispatcher's thread: send one batch unless the breaker opened meanwhile."""
+        if self.is_open:
+            sent = False
         else:
-            sent = self._send(order_id)
-        if sent:
-            self._suspect = False
-        else:
-            self._suspect = True
-            self._open_until = time.monotonic() + self._cooldown
+            try:
+                sent = self._send(batch)
+            except Exception:
+                log.exception("sending orders %s failed; the sweep will send them", batch[:10])
+                sent = False
+            if not sent:
+                self._open_until = time.monotonic() + self._cooldown
+        metrics.orders_submitted.labels("yes" if sent else "deferred").inc(len(batch))
         return sent
 
+    async def drain(self) -> None:
+        """Publish everything queued and wait for it, for at most 5 s in all (at shutdown)."""
+        deadline = time.monotonic() + 5.0
+        self.flush()
+        while self._in_flight and time.monotonic() < deadline:
+            await asyncio.wait(set(self._in_flight), timeout=deadline - time.monotonic())
+            self.flush()
+
     def reset(self) -> None:
+        """Close the breaker (tests)."""
         self._open_until = 0.0
-        self._suspect = False
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

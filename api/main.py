@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from api.auth import Authenticator
 from api.dispatch import OrderDispatcher
+from api.effects import EffectRunner
 from api.errors import install_error_handlers
 from api.listing_cache import ListingCache
 from api.middleware import RequestContextMiddleware
@@ -105,8 +106,13 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
             else app.state.sessionmaker
         )
         await ensure_first_admin(app, cfg)
-        app.state.dispatcher = OrderDispatcher()
+        app.state.dispatcher = OrderDispatcher(
+            window=cfg.dispatch_window_seconds, max_batch=cfg.dispatch_max_batch
+        )
         app.state.redis = aioredis.Redis.from_url(cfg.redis_url) if cfg.redis_url else None
+        app.state.effects = EffectRunner(
+            app.state.dispatcher, app.state.redis, cfg.redis_effect_timeout_seconds
+        )
         app.state.listing_cache = ListingCache(app.state.redis, cfg.store_cache_seconds)
         relay = OrderEventRelay(cfg.redis_url) if cfg.redis_url else None
         if relay is not None:
@@ -120,6 +126,8 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
         try:
             yield
         finally:
+            await app.state.dispatcher.drain()
+            app.state.dispatcher.close()
             if worker is not None:
                 worker.stop()
             if relay is not None:
@@ -143,11 +151,12 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
     # Starlette runs the last added middleware outermost: the request context wraps the rate limit.
     app.add_middleware(StoreRateLimitMiddleware, cfg=cfg)
     app.add_middleware(RequestContextMiddleware)
-    app.include_router(users.router)
-    app.include_router(products.router)
+    # Routes are matched in this order: the order path first (their paths overlap no other router's).
     app.include_router(orders.router)
-    app.include_router(audit.router)
     app.include_router(store.router)
+    app.include_router(products.router)
+    app.include_router(users.router)
+    app.include_router(audit.router)
     app.include_router(health.router)
     drop_validation_422(app)
     return app

@@ -1,8 +1,7 @@
-"""Long-poll support for `GET /orders/{id}?wait=N` (CONTRACT.md, "Orders").
-
-One Redis pub/sub subscription per API process (`core.events.CHANNEL`) relays worker notifications
-to the process-local hub; requests wait on the hub. Waiters also re-read the order every
-`RECHECK_SECONDS`, so a dropped notification or a lost subscription only costs latency.
+"""The order event relay: one Redis pub/sub subscription per API process (`core.events.CHANNEL`)
+hands every outcome a worker (or another API process) published to the process-local hub, which wakes
+the requests waiting on that order (`api.outcomes`). Waiting responses also re-read the order every
+`api.outcomes.RECHECK_SECONDS`, so a dropped message or a lost subscription only costs latency.
 """
 
 from __future__ import annotations
@@ -10,23 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import redis.asyncio as aioredis
 
-from core.events import CHANNEL, hub
+from core.events import CHANNEL, decode, hub
 
 log = logging.getLogger(__name__)
 
-RECHECK_SECONDS = 2.0
-
-T = TypeVar("T")
-
 
 class OrderEventRelay:
-    """Background task: Redis channel -> `hub.notify(order_id)`; reconnects with backoff."""
+    """Background task: Redis channel -> `hub.deliver(outcomes)`; reconnects with backoff."""
 
     def __init__(self, redis_url: str) -> None:
         self._redis_url = redis_url
@@ -61,10 +53,7 @@ class OrderEventRelay:
                     await pubsub.subscribe(CHANNEL)
                     delay = 0.5
                     async for message in pubsub.listen():
-                        try:
-                            hub.notify(int(message["data"]))
-                        except (TypeError, ValueError):
-                            continue
+                        hub.deliver(decode(message["data"]))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep relaying whatever the fault
@@ -73,24 +62,3 @@ class OrderEventRelay:
                 delay = min(delay * 2, 10)
             finally:
                 await client.aclose()
-
-
-async def wait_while_pending(
-    order_id: int, wait: float, read: Callable[[], Awaitable[T]], pending: Callable[[T], bool]
-) -> tuple[T, bool]:
-    """Call `read()` until `pending(result)` is false or `wait` seconds pass, re-reading whenever a
-    worker says order `order_id` changed (or every RECHECK_SECONDS). The notification is watched
-    before the first read, so a change between a read and the wait is not missed. `read` must not
-    hold a transaction or a lock across calls. Returns (last result, whether it waited at all)."""
-    deadline = time.monotonic() + wait
-    waited = False
-    with hub.watch(order_id) as changed:
-        while True:
-            result = await read()
-            remaining = deadline - time.monotonic()
-            if not pending(result) or remaining <= 0:
-                return result, waited
-            waited = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), min(remaining, RECHECK_SECONDS))
-            changed.clear()

@@ -1,59 +1,41 @@
 """`/orders`: the queue-backed order pipeline (CONTRACT.md, "Orders").
 
-`POST /orders` stores a `pending` order, commits, and only then sends it to the broker (STYLE.md
-rule 2); the worker reserves the stock. Clients poll `GET /orders/{id}`, optionally long-polling
-with `?wait=N`.
+`POST /orders` stores a `pending` order in one statement (`core.orders.intake`); the request's unit of
+work then sends it to the workers (STYLE.md rule 2) and the worker reserves the stock. Clients poll
+`GET /orders/{id}`, optionally long-polling with `?wait=N`, or ask `POST /orders` to wait with
+`Prefer: wait=N` (RFC 7240); waits are answered from the order's event (`api.outcomes`).
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
-from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.concurrency import run_in_threadpool
 
-from api import metrics
-from api.deps import CurrentUser, PageDep, SessionDep, StaffUser
+from api.deps import CurrentUser, PageDep, SessionDep, StaffUser, single_statement
 from api.openapi import responses
+from api.outcomes import (
+    RETRY_AFTER_SECONDS,
+    IdempotencyKeyHeader,
+    PreferHeader,
+    SettlingResponse,
+    Watches,
+    preferred_wait,
+)
 from api.pagination import set_page_headers
-from api.waiters import wait_while_pending
-from core.audit import service as audit
-from core.audit.models import AuditAction, AuditEntity
 from core.config import settings
-from core.events import publish_order_changed
+from core.events import OrderOutcome, Watch
 from core.orders import service
+from core.orders.intake import OrderRequest, submit_order
 from core.orders.models import OrderStatus
-from core.orders.schemas import OrderCreate, OrderRead, OrderStatusUpdate
+from core.orders.schemas import OrderCreate, OrderError, OrderRead, OrderStatusUpdate
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 
 OrderId = Annotated[int, Path(ge=1, le=2_147_483_647, description="Order id")]
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        description="Replays of the same key and body return the first order (no second order).",
-    ),
-]
 _404 = ["order_not_found"]
-#: Seconds a client should wait before polling a pending order again.
-RETRY_AFTER_SECONDS = "1"
-
-
-async def _audit(
-    session: AsyncSession, actor: str, action: str, order_id: int, details: dict | None = None
-) -> None:
-    """Record the write in the audit log, in the request's transaction (committed with it)."""
-    await session.run_sync(
-        lambda s: audit.record(
-            s, actor=actor, action=action, entity=AuditEntity.ORDER, entity_id=order_id, details=details
-        )
-    )
 
 
 def _order_response(order: OrderRead, status_code: int = 200, **headers: str) -> JSONResponse:
@@ -62,43 +44,96 @@ def _order_response(order: OrderRead, status_code: int = 200, **headers: str) ->
     return JSONResponse(order.model_dump(mode="json"), status_code, headers=headers)
 
 
+def _with_outcome(order: OrderRead, outcome: OrderOutcome) -> OrderRead:
+    error = OrderError.model_validate(outcome.error) if outcome.error else None
+    return order.model_copy(
+        update={"status": outcome.status, "error": error, "updated_at": outcome.updated_at}
+    )
+
+
+def _settling(
+    request: Request,
+    watch: Watch,
+    order: OrderRead,
+    wait: float,
+    owner: int | None,
+    render: Callable[[OrderRead, bool], Response],
+) -> SettlingResponse[OrderRead]:
+    """Wait up to `wait` seconds for `order` to settle, then `render(order, waited)`."""
+
+    async def reread() -> OrderRead:
+        async with request.app.state.read_sessionmaker() as session:
+            return OrderRead.of(await session.run_sync(service.get_order, order.id, user_id=owner))
+
+    return SettlingResponse(
+        watch,
+        order,
+        wait,
+        status_of=lambda o: o.status,
+        outcome=_with_outcome,
+        reread=reread,
+        render=render,
+    )
+
+
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=OrderRead,
-    responses=responses(
-        _400=["invalid_input", "insufficient_stock", "discontinued"],
-        _404=["product_not_found"],
-        _409=["conflict"],
-    ),
+    responses={
+        201: {
+            "model": OrderRead,
+            "description": "With `Prefer: wait=N`: the order settled (confirmed or rejected) within N "
+            "seconds; `Location` and `Preference-Applied: wait=N` are set.",
+        },
+        **responses(
+            _400=["invalid_input", "insufficient_stock", "discontinued"],
+            _404=["product_not_found"],
+            _409=["conflict"],
+        ),
+    },
     summary="Submit an order (processed asynchronously)",
 )
+@single_statement
 async def create_order(
     body: OrderCreate,
     request: Request,
     session: SessionDep,
     user: CurrentUser,
+    watches: Watches,
     idempotency_key: IdempotencyKeyHeader = None,
-) -> JSONResponse:
-    """Check the order against current stock, store it `pending` under the caller's name, enqueue
-    it, answer 202 with `Location: /orders/{id}`. The worker's reservation decides; poll the order for
-    the outcome. Idempotency keys are per user: the same key from two users makes two orders."""
-    idem = service.IdempotencyRequest(f"user:{user.id}", idempotency_key) if idempotency_key else None
-    placed = await session.run_sync(
-        lambda s: service.place_order(s, body.merged_lines(), user_id=user.id, idempotency=idem)
+    prefer: PreferHeader = None,
+) -> Response:
+    """Check the order against current stock, store it `pending` under the caller's name, send it to
+    the workers, answer 202 with `Location: /orders/{id}`. The worker's reservation decides; poll the
+    order for the outcome, or send `Prefer: wait=N` (RFC 7240, N seconds, at most 30): the answer is
+    then 201 with the settled order (`confirmed` or `rejected`), `Location` and
+    `Preference-Applied: wait=N` when it settles within N seconds, else the 202. Idempotency keys
+    are per user: the same key from two users makes two orders."""
+    wait = preferred_wait(prefer, settings.order_max_wait_seconds)
+    intake = await submit_order(
+        session,
+        OrderRequest(
+            lines=body.merged_lines(),
+            actor=user.username,
+            scope=f"user:{user.id}",
+            user_id=user.id,
+            idempotency_key=idempotency_key,
+        ),
     )
-    order = OrderRead.of(placed.order)
-    if not placed.replayed:  # a replay writes nothing
-        details = {"lines": len(order.products), "total_price": f"{order.total_price:.2f}"}
-        await _audit(session, user.username, AuditAction.ORDER_CREATE, order.id, details)
-    await session.commit()
+    order = OrderRead.of(intake.order)
     headers = {"Location": f"/orders/{order.id}"}
-    if placed.replayed:
+    if intake.replayed:
         headers["Idempotent-Replayed"] = "true"
-    else:
-        enqueued = await request.app.state.dispatcher.send(order.id)
-        metrics.orders_submitted.labels("yes" if enqueued else "deferred").inc()
-    return _order_response(order, status.HTTP_202_ACCEPTED, **headers)
+    if wait is None:
+        return _order_response(order, status.HTTP_202_ACCEPTED, **headers)
+
+    def render(settled: OrderRead, _waited: bool) -> Response:
+        code = status.HTTP_202_ACCEPTED if settled.status == OrderStatus.PENDING else status.HTTP_201_CREATED
+        return _order_response(settled, code, **headers, **{"Preference-Applied": f"wait={wait:g}"})
+
+    owner = None if user.is_staff else user.id
+    return _settling(request, watches.open(order.id), order, wait, owner, render)
 
 
 @router.get("", response_model=list[OrderRead], responses=responses(_400=["invalid_input"]))
@@ -126,41 +161,26 @@ async def list_orders(
 @router.get("/{order_id}", response_model=OrderRead, responses=responses(_404=_404))
 async def get_order(
     order_id: OrderId,
+    request: Request,
     session: SessionDep,
     user: CurrentUser,
+    watches: Watches,
     wait: Annotated[
         float,
         Query(ge=0, le=30, description="Seconds (max 30) to hold the request while it is pending"),
     ] = 0,
-) -> JSONResponse:
+) -> Response:
     """The order. With `wait=N`, the answer comes as soon as the order leaves `pending`, or after N
     seconds. A pending order's response carries `Retry-After`. A customer sees only their own orders
     (another user's order is 404, as if it did not exist)."""
     owner = None if user.is_staff else user.id
-    if wait <= 0:
-        order = await session.run_sync(lambda s: service.get_order(s, order_id, user_id=owner))
-        return _order_response(OrderRead.of(order))
-    return _order_response(
-        await _wait_for_outcome(session, order_id, min(wait, settings.order_max_wait_seconds), owner)
-    )
-
-
-async def _wait_for_outcome(
-    session: AsyncSession, order_id: int, wait: float, owner: int | None
-) -> OrderRead:
-    """The order once it left `pending`, or as it is after `wait` seconds (`api.waiters`). No
-    transaction, connection or SQLite lock is held while waiting."""
-    started = time.monotonic()
-
-    async def read() -> OrderRead:
-        order = OrderRead.of(await session.run_sync(lambda s: service.get_order(s, order_id, user_id=owner)))
-        await session.rollback()
-        return order
-
-    order, waited = await wait_while_pending(order_id, wait, read, lambda o: o.status == OrderStatus.PENDING)
-    if waited:
-        metrics.order_time_to_outcome.observe(time.monotonic() - started)
-    return order
+    # The watch goes up before the read, so an outcome that comes in between is not missed.
+    watch = watches.open(order_id) if wait > 0 else None
+    order = OrderRead.of(await session.run_sync(service.get_order, order_id, user_id=owner))
+    if watch is None or order.status != OrderStatus.PENDING:
+        return _order_response(order)
+    wait = min(wait, settings.order_max_wait_seconds)
+    return _settling(request, watch, order, wait, owner, lambda settled, _: _order_response(settled))
 
 
 @router.put(
@@ -176,11 +196,7 @@ async def set_order_status(
     order = await session.run_sync(
         lambda s: service.set_status(s, order_id, body.status, actor=user.username)
     )
-    result = OrderRead.of(order)
-    await _audit(session, user.username, AuditAction.ORDER_STATUS, order_id, {"status": result.status})
-    await session.commit()
-    await run_in_threadpool(publish_order_changed, order_id)
-    return _order_response(result)
+    return _order_response(OrderRead.of(order))
 
 
 @router.post(
@@ -195,8 +211,4 @@ async def cancel_order(order_id: OrderId, session: SessionDep, user: CurrentUser
     order = await session.run_sync(
         lambda s: service.cancel_order(s, order_id, user_id=owner, actor=user.username)
     )
-    result = OrderRead.of(order)
-    await _audit(session, user.username, AuditAction.ORDER_CANCEL, order_id, {"status": result.status})
-    await session.commit()
-    await run_in_threadpool(publish_order_changed, order_id)
-    return _order_response(result)
+    return _order_response(OrderRead.of(order))

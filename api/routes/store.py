@@ -13,24 +13,32 @@ credentials: an admin may act for any `manager_id`, a manager only for the one b
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, Security, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security, status
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
 
 from api import metrics
 from api.auth import MISSING_MESSAGE, authenticate, basic_scheme, bearer_scheme
-from api.deps import SessionDep
+from api.deps import SessionDep, single_statement
 from api.errors import store_envelope
 from api.openapi import store_responses
-from api.waiters import wait_while_pending
+from api.outcomes import (
+    RETRY_AFTER_SECONDS,
+    IdempotencyKeyHeader,
+    PreferHeader,
+    SettlingResponse,
+    Watches,
+    preferred_wait,
+)
 from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
 from core.errors import Forbidden, OrderNotFound, Unauthorized
+from core.events import Watch
+from core.orders.intake import OrderRequest
 from core.orders.models import OrderStatus
-from core.orders.service import IdempotencyRequest
 from core.store import service as store
 from core.store.ids import OrderRef, format_order_id
 from core.store.schemas import (
@@ -51,8 +59,6 @@ router = APIRouter(prefix="/api", tags=["store"])
 #: Credentials are optional in the OpenAPI document: the routes take them only with
 #: STORE_REQUIRE_AUTH=true (an empty requirement is appended to the two schemes).
 OPTIONAL_AUTH = {"security": [{}]}
-#: Seconds a client should wait before polling a pending order again.
-RETRY_AFTER_SECONDS = "1"
 #: HTTP status of a rejected order, by the rejection's code (CONTRACT.md: 400/404).
 REJECTION_STATUS = {"PRODUCT_NOT_FOUND": 404, "ORDER_NOT_FOUND": 404}
 
@@ -230,19 +236,28 @@ def outcome_response(order: store.StoreOrder) -> JSONResponse:
     return JSONResponse(store_envelope("INTERNAL_ERROR", error["message"], error["details"]), 500)
 
 
-async def _settled(session: SessionDep, order_id: int, wait: float) -> store.StoreOrder:
-    """The order once it left `pending`, or as it is after `wait` seconds."""
+def _settling(
+    request: Request,
+    watch: Watch,
+    order: store.StoreOrder,
+    wait: float,
+    render: Callable[[store.StoreOrder, bool], Response] = lambda o, _: outcome_response(o),
+) -> SettlingResponse[store.StoreOrder]:
+    """Wait up to `wait` seconds for the order to settle (`api.outcomes`), then render it."""
 
-    async def read() -> store.StoreOrder:
-        order = await session.run_sync(store.get_order, order_id)
-        await session.rollback()
-        return order
+    async def reread() -> store.StoreOrder:
+        async with request.app.state.read_sessionmaker() as session:
+            return await session.run_sync(store.get_order, order.id)
 
-    started = time.monotonic()
-    order, waited = await wait_while_pending(order_id, wait, read, lambda o: o.status == OrderStatus.PENDING)
-    if waited:
-        metrics.order_time_to_outcome.observe(time.monotonic() - started)
-    return order
+    return SettlingResponse(
+        watch,
+        order,
+        wait,
+        status_of=lambda o: o.status,
+        outcome=store.StoreOrder.with_outcome,
+        reread=reread,
+        render=render,
+    )
 
 
 @router.post(
@@ -257,58 +272,49 @@ async def _settled(session: SessionDep, order_id: int, wait: float) -> store.Sto
     summary="Process an order through the queue and wait for the outcome",
     openapi_extra=OPTIONAL_AUTH,
 )
+@single_statement
 async def process_order(
     body: ProcessOrderRequest,
     request: Request,
     session: SessionDep,
     caller: StoreCaller,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=255,
-            description="Retries with the same key and body return the first order (no second order).",
-        ),
-    ] = None,
-) -> JSONResponse:
+    watches: Watches,
+    idempotency_key: IdempotencyKeyHeader = None,
+    prefer: PreferHeader = None,
+) -> Response:
     """Checks the order against the manager's inventory, stores it `pending`, sends it to the worker
-    and waits up to `ORDER_WAIT_SECONDS` for the reservation: 200 `processed` with `total_amount`
-    (summed in Decimal), 400/404 with the reason (`INSUFFICIENT_STOCK`, `PRODUCT_DISCONTINUED`,
-    `PRODUCT_NOT_FOUND`; no stock is changed), or 202 `pending` with `Location` to poll."""
+    and waits up to `ORDER_WAIT_SECONDS` (or N seconds with `Prefer: wait=N`, RFC 7240, at most 30)
+    for the reservation: 200 `processed` with `total_amount` (summed in Decimal), 400/404 with the
+    reason (`INSUFFICIENT_STOCK`, `PRODUCT_DISCONTINUED`, `PRODUCT_NOT_FOUND`; no stock is changed),
+    or 202 `pending` with `Location` to poll."""
     await authorize_manager(session, caller, body.manager_id)
     cfg = request.app.state.settings
-    idem = IdempotencyRequest(f"store:{body.manager_id}", idempotency_key) if idempotency_key else None
+    preferred = preferred_wait(prefer, cfg.order_max_wait_seconds)
     lines = body.merged_lines()
-    order, replayed = await session.run_sync(
-        lambda s: store.place_order(
-            s,
-            lines,
+    intake = await store.place_order(
+        session,
+        OrderRequest(
+            lines=lines,
+            actor=actor_of(caller, body.manager_id),
+            scope=f"store:{body.manager_id}",
             manager_id=body.manager_id,
             customer=body.customer_record(),
-            idempotency=idem,
-        )
+            idempotency_key=idempotency_key,
+            audit_details={"manager_id": body.manager_id},
+        ),
     )
-    if not replayed:
-        await session.run_sync(
-            lambda s: audit.record(
-                s,
-                actor=actor_of(caller, body.manager_id),
-                action=AuditAction.ORDER_CREATE,
-                entity=AuditEntity.ORDER,
-                entity_id=str(order.id),
-                details={"manager_id": body.manager_id, "lines": len(lines)},
-            )
-        )
-    await session.commit()
-    if not replayed:
-        enqueued = await request.app.state.dispatcher.send(order.id)
-        metrics.orders_submitted.labels("yes" if enqueued else "deferred").inc()
-    settled = await _settled(session, order.id, cfg.order_wait_seconds)
-    response = outcome_response(settled)
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
+    extra = {"Idempotent-Replayed": "true"} if intake.replayed else {}
+    if preferred is not None:
+        extra["Preference-Applied"] = f"wait={preferred:g}"
+
+    def render(settled: store.StoreOrder, _waited: bool) -> Response:
+        response = outcome_response(settled)
+        response.headers.update(extra)
+        return response
+
+    order = store.StoreOrder.of(intake.order)
+    wait = cfg.order_wait_seconds if preferred is None else preferred
+    return _settling(request, watches.open(order.id), order, wait, render)
 
 
 @router.get(
@@ -327,21 +333,26 @@ async def get_order(
     request: Request,
     session: SessionDep,
     caller: StoreCaller,
+    watches: Watches,
     wait: Annotated[
         float, Query(ge=0, le=30, description="Seconds (max 30) to hold the request while it is pending")
     ] = 0,
-) -> JSONResponse:
+) -> Response:
     """The same answer `POST /api/orders/process` gives for the order now: 200 processed, 202 pending
     (with `Location` and `Retry-After`), or the rejection's 400/404. `wait=N` holds the request until
     the order leaves `pending` or N seconds pass."""
+    # The watch goes up before the read, so an outcome that comes in between is not missed.
+    watch = watches.open(order_id) if wait > 0 else None
+    order = await session.run_sync(store.get_order, order_id)
     if caller is not None:
-        first = await session.run_sync(store.get_order, order_id)
         try:
-            await authorize_manager(session, caller, first.manager_id)
+            await authorize_manager(session, caller, order.manager_id)
         except Forbidden as exc:
             if caller.role != Role.MANAGER:
                 raise
             # Another manager's order is not there, as far as this manager can tell (as in the
             # core API): a 403 would tell that the id exists.
             raise OrderNotFound(format_order_id(order_id)) from exc
-    return outcome_response(await _settled(session, order_id, wait))
+    if watch is None or order.status != OrderStatus.PENDING:
+        return outcome_response(order)
+    return _settling(request, watch, order, wait)

@@ -1,26 +1,107 @@
-"""The API's order dispatcher: a failed send opens it for the cooldown, then one probe runs in a
-worker thread, and a success closes it again."""
+"""The API's order dispatcher: ids are coalesced into batches (by window and by size) and published
+off the event loop; a failed publish opens the breaker for the cooldown (orders are left to the
+outbox sweep), and the first publish after it closes it again."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from api.dispatch import OrderDispatcher
 
 
-async def test_a_failed_send_opens_the_dispatcher_until_the_cooldown_ends():
-    results = [False, True, True]
-    calls: list[int] = []
+class Recorder:
+    """A `send` that records each batch and the thread it ran in; answers from `results`."""
 
-    def send(order_id: int) -> bool:
-        calls.append(order_id)
-        return results[len(calls) - 1]
+    def __init__(self, results: list[bool] | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.threads: set[int] = set()
+        self._results = results
 
-    dispatcher = OrderDispatcher(send, cooldown=0.2)
-    assert await dispatcher.send(1) is False
-    assert await dispatcher.send(2) is False  # open: not even tried
-    assert calls == [1]
+    def __call__(self, ids: list[int]) -> bool:
+        self.batches.append(list(ids))
+        self.threads.add(threading.get_ident())
+        return True if self._results is None else self._results[len(self.batches) - 1]
+
+
+async def settle(dispatcher: OrderDispatcher) -> None:
+    await asyncio.sleep(0.05)
+    await dispatcher.drain()
+
+
+async def test_ids_within_the_window_go_in_one_batch_off_the_event_loop():
+    send = Recorder()
+    dispatcher = OrderDispatcher(send, window=0.02, max_batch=100)
+    dispatcher.submit([1])
+    dispatcher.submit([2, 3])
+    dispatcher.submit([])
+    assert send.batches == []  # nothing is published before the window ends
+    await settle(dispatcher)
+    assert send.batches == [[1, 2, 3]]
+    assert threading.get_ident() not in send.threads
+    dispatcher.close()
+
+
+async def test_a_full_batch_is_published_at_once_and_the_rest_waits_for_the_window():
+    send = Recorder()
+    dispatcher = OrderDispatcher(send, window=10, max_batch=3)
+    dispatcher.submit([1, 2, 3, 4])
+    await asyncio.sleep(0.05)
+    assert send.batches == [[1, 2, 3]]
+    dispatcher.flush()
+    await settle(dispatcher)
+    assert send.batches == [[1, 2, 3], [4]]
+    dispatcher.close()
+
+
+async def test_a_failed_publish_opens_the_breaker_until_the_cooldown_ends():
+    send = Recorder([False, True])
+    dispatcher = OrderDispatcher(send, window=0, cooldown=0.2)
+    dispatcher.submit([1])
+    await settle(dispatcher)
+    assert dispatcher.is_open
+    dispatcher.submit([2])  # open: left to the sweep, not even tried
+    await settle(dispatcher)
+    assert send.batches == [[1]]
     await asyncio.sleep(0.25)
-    assert await dispatcher.send(3) is True  # the probe, in a worker thread
-    assert await dispatcher.send(4) is True  # closed again: on the loop
-    assert calls == [1, 3, 4]
+    assert not dispatcher.is_open
+    dispatcher.submit([3])
+    await settle(dispatcher)
+    assert send.batches == [[1], [3]]
+    assert not dispatcher.is_open
+    dispatcher.close()
+
+
+async def test_a_send_that_raises_counts_as_failed():
+    def send(ids: list[int]) -> bool:
+        raise ConnectionError("broker down")
+
+    dispatcher = OrderDispatcher(send, window=0, cooldown=5)
+    dispatcher.submit([1])
+    await settle(dispatcher)
+    assert dispatcher.is_open
+    dispatcher.reset()
+    assert not dispatcher.is_open
+    dispatcher.close()
+
+
+async def test_ids_submitted_while_a_publish_is_under_way_go_together_in_the_next_batch():
+    release = threading.Event()
+    batches: list[list[int]] = []
+
+    def send(ids: list[int]) -> bool:
+        batches.append(list(ids))
+        release.wait(5)
+        return True
+
+    dispatcher = OrderDispatcher(send, window=0, max_batch=100)
+    dispatcher.submit([1])
+    await asyncio.sleep(0.05)  # the first publish is under way and blocks
+    for order_id in range(2, 7):
+        dispatcher.submit([order_id])
+        await asyncio.sleep(0.01)  # each window ends while the publish still blocks
+    assert batches == [[1]]
+    release.set()
+    await settle(dispatcher)
+    assert batches == [[1], [2, 3, 4, 5, 6]]
+    dispatcher.close()

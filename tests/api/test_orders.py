@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from core.config import settings
-from core.events import CHANNEL
+from core.events import CHANNEL, decode
 from core.orders.service import place_order
 from tests.conftest import create_product
 from workers.celery_app import ORDERS_QUEUE_KEY, enqueue_process_order
@@ -64,7 +64,7 @@ def insert_pending(db, lines: list[tuple[int, int]]) -> int:
 
 def enqueue_and_wait_processed(order_id: int, timeout: float = 10) -> None:
     """Enqueue the order and block until the worker has run `process_order` for it (the task
-    publishes the order id on the events channel once its transaction committed)."""
+    publishes the order's outcome on the events channel once its transaction committed)."""
     client = redis.Redis.from_url(settings.redis_url)
     pubsub = client.pubsub()
     try:
@@ -74,7 +74,7 @@ def enqueue_and_wait_processed(order_id: int, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
-            if message and int(message["data"]) == order_id:
+            if message and any(o.order_id == order_id for o in decode(message["data"])):
                 return
         raise AssertionError(f"order {order_id} was not processed within {timeout} s")
     finally:

@@ -1,0 +1,154 @@
+"""Waiting for an order's outcome, shared by both surfaces (CONTRACT.md, "Orders": `?wait=N` and
+`Prefer: wait=N`; "Store API": `/api/orders/process` waits up to `ORDER_WAIT_SECONDS`).
+
+A route stores or reads the order (one call into core) and returns a `SettlingResponse`. The request
+dependency then commits and runs the effects (the order is sent to the workers), and only then does
+the response wait, holding no session, connection or lock: it is woken by the order's event, which
+carries the new status and error (`core.events`), so the answer is built without reading the order
+again. A watch is registered (`OrderWatches`) before the order is stored or read, so an outcome that
+comes in between is not missed. Should no event come (a lost message, Redis down), the response
+re-reads the order every `RECHECK_SECONDS` with its own short-lived session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Generic, TypeVar
+
+from fastapi import Depends, Header
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from api import metrics
+from core.events import OrderOutcome, Watch, hub
+from core.orders.models import OrderStatus
+
+T = TypeVar("T")
+
+#: Seconds a client should wait before polling a pending order again (the `Retry-After` header).
+RETRY_AFTER_SECONDS = "1"
+#: How often a waiting response re-reads the order when no event woke it.
+RECHECK_SECONDS = 2.0
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Retries with the same key and body return the first order (no second order).",
+    ),
+]
+PreferHeader = Annotated[
+    str | None,
+    Header(
+        alias="Prefer",
+        max_length=1024,
+        description="RFC 7240. `wait=N` (seconds): answer with the settled order if it settles within "
+        "N seconds (capped by the server); other preferences are ignored.",
+    ),
+]
+
+
+def preferred_wait(prefer: str | None, cap: float) -> float | None:
+    """The `wait` preference of a `Prefer` header (RFC 7240, section 4.3: `wait=delta-seconds`),
+    capped at `cap` seconds; None when there is none or it is malformed (RFC 7240 section 2: a
+    preference that is not understood is ignored)."""
+    if not prefer:
+        return None
+    for preference in prefer.split(","):
+        token, _, value = preference.split(";", 1)[0].partition("=")
+        if token.strip().lower() == "wait":
+            value = value.strip().strip('"')
+            if value.isdigit():
+                return min(float(value), cap)
+    return None
+
+
+class OrderWatches:
+    """The watches a request opened; closed when the request ends (after its response was sent)."""
+
+    def __init__(self) -> None:
+        self._watches: list[Watch] = []
+
+    def open(self, order_id: int) -> Watch:
+        watch = hub.open(order_id)
+        self._watches.append(watch)
+        return watch
+
+    def close(self) -> None:
+        for watch in self._watches:
+            hub.close(watch)
+        self._watches.clear()
+
+
+async def order_watches() -> AsyncIterator[OrderWatches]:
+    watches = OrderWatches()
+    try:
+        yield watches
+    finally:
+        watches.close()
+
+
+Watches = Annotated[OrderWatches, Depends(order_watches)]
+
+
+class SettlingResponse(Response, Generic[T]):
+    """A response that, when sent, first waits up to `wait` seconds for `order` to leave `pending`,
+    then sends `render(order, waited)`.
+
+    `outcome(order, event)` applies an event's outcome to the order; `reread()` reads it anew (only
+    when no event carried an outcome within `RECHECK_SECONDS`)."""
+
+    def __init__(
+        self,
+        watch: Watch,
+        order: T,
+        wait: float,
+        *,
+        status_of: Callable[[T], str],
+        outcome: Callable[[T, OrderOutcome], T],
+        reread: Callable[[], Awaitable[T]],
+        render: Callable[[T, bool], Response],
+    ) -> None:
+        # Nothing is rendered yet: the answer depends on the wait (Response.__init__ is not called).
+        self.status_code = 200
+        self.background = None
+        self._watch = watch
+        self._order = order
+        self._wait = wait
+        self._status_of = status_of
+        self._outcome = outcome
+        self._reread = reread
+        self._render = render
+
+    async def settle(self) -> tuple[T, bool]:
+        """(the order once it left `pending`, or as it is when the wait ran out; whether it waited)."""
+        order, watch = self._order, self._watch
+        if watch.outcome is not None:  # came in while the request was stored or read
+            order = self._outcome(order, watch.outcome)
+        if self._status_of(order) != OrderStatus.PENDING or self._wait <= 0:
+            return order, False
+        started = time.monotonic()
+        deadline = started + self._wait
+        while self._status_of(order) == OrderStatus.PENDING:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(watch.changed.wait(), min(remaining, RECHECK_SECONDS))
+            woken = watch.changed.is_set()
+            watch.changed.clear()
+            if watch.outcome is not None:
+                order = self._outcome(order, watch.outcome)
+            elif woken or time.monotonic() < deadline:
+                order = await self._reread()
+        metrics.order_time_to_outcome.observe(time.monotonic() - started)
+        return order, True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        order, waited = await self.settle()
+        await self._render(order, waited)(scope, receive, send)
