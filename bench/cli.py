@@ -3,6 +3,9 @@
 `python -m bench store [options]` benchmarks the store API instead (bench/store.py): listing latency
 with the cache hit and missed, and `POST /api/orders/process` end to end.
 
+`python -m bench stack [options]` starts the whole stack itself from a project directory and measures
+it with wrk beside its anchors, a bare endpoint and a Celery no-op (bench/stack.py).
+
 Exit codes: 0 every invariant holds; 1 an invariant failed; 2 bad options, the API unreachable or a
 phase could not run; 130 interrupted.
 """
@@ -35,13 +38,15 @@ from bench.phases import (
     probe_order,
     setup_products,
 )
-from bench.report import machine_info, plot_sweep, render, render_store, timestamp, write_json
+from bench.report import machine_info, plot_sweep, render, render_stack, render_store, timestamp, write_json
+from bench.stack import PROJECT_ROOT, new_stack_results, parse_counts, run_stack
 from bench.stats import arrival_schedule
 from bench.store import run_store_benchmark
 from bench.workers import CeleryWorker, stop_all_now
 
 DEFAULT_OUT = Path("bench/results/latest.json")
 DEFAULT_STORE_OUT = Path("bench/results/store-latest.json")
+DEFAULT_STACK_OUT = Path("bench/results/stack-latest.json")
 STORE_STATUSES = ("in_stock", "out_of_stock", "discontinued")
 MAX_OPEN_ORDERS = 500_000
 SECRET_OPTIONS = ("token", "basic", "login")
@@ -56,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Celery worker counts. Exit code 0: invariants hold; 1: an invariant failed; "
             "2: error; 130: interrupted."
         ),
-        epilog="The store API (/api/...) has its own benchmark: python -m bench store --help",
+        epilog=(
+            "The store API (/api/...) has its own benchmark: python -m bench store --help. "
+            "The whole stack, started by the benchmark itself: python -m bench stack --help"
+        ),
     )
     add = parser.add_argument
     add("--url", default="http://127.0.0.1:8000", help="base URL of the API (%(default)s)")
@@ -177,6 +185,85 @@ def build_store_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_stack_parser() -> argparse.ArgumentParser:
+    """Options of `python -m bench stack` (docs/benchmark.md, "Whole stack")."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench stack",
+        description=(
+            "Start the whole stack (PostgreSQL database, migrations, uvicorn API processes, one "
+            "Celery worker) from a project directory, load it with wrk, and measure accepted and "
+            "confirmed orders/s, CPU ms per order of every process kind (from /proc), a hot-product "
+            "run, an open model and an optional worker sweep, beside two anchors measured in the same "
+            "run: a bare FastAPI endpoint and a Celery no-op task. Exit code 0: the stock checks "
+            "pass; 1: a check failed; 2: error; 130: interrupted."
+        ),
+    )
+    add = parser.add_argument
+    add(
+        "--project",
+        type=Path,
+        default=PROJECT_ROOT,
+        help="checkout to start (its .venv/bin/python, cwd there) (%(default)s)",
+    )
+    add("--api-processes", type=int, default=2, help="uvicorn --workers of the API (%(default)s)")
+    add("--worker-processes", type=int, default=2, help="Celery worker --concurrency (%(default)s)")
+    add("--concurrency", type=int, default=64, help="wrk connections, hot-run clients (%(default)s)")
+    add("--threads", type=int, default=2, help="wrk threads (%(default)s)")
+    add("--duration", type=int, default=20, help="seconds of the measured closed loop (%(default)s)")
+    add(
+        "--warmup",
+        type=int,
+        default=3,
+        help="seconds of wrk before each closed loop, not counted (%(default)s)",
+    )
+    add("--products", type=int, default=20, help="products the orders go to, stock 10**7 each (%(default)s)")
+    add("--hot", action=argparse.BooleanOptionalAction, default=True, help="run the hot-product phase")
+    add("--hot-orders", type=int, default=2000, help="hot run: orders of quantity 1 (%(default)s)")
+    add("--hot-stock", type=int, default=500, help="hot run: stock of the one product (%(default)s)")
+    add("--sweep", metavar="K,K,...", help="worker process counts to sweep after the rest, e.g. 1,2,4")
+    add("--sweep-duration", type=int, default=10, help="seconds of each sweep closed loop (%(default)s)")
+    add("--open", action=argparse.BooleanOptionalAction, default=True, help="run the open model")
+    add("--rate", type=float, help="open model: orders/s (half the closed-loop accepted rate)")
+    add("--open-duration", type=float, default=10.0, help="open model: seconds of arrivals (%(default)s)")
+    add("--open-connections", type=int, default=256, help="open model: connections (%(default)s)")
+    add(
+        "--prefer-wait",
+        type=int,
+        default=5,
+        help="open model again with 'Prefer: wait=N'; 0 skips it (%(default)s)",
+    )
+    add("--anchors", action=argparse.BooleanOptionalAction, default=True, help="measure the anchors")
+    add("--anchor-tasks", type=int, default=3000, help="Celery no-op: tasks published (%(default)s)")
+    add(
+        "--anchor-worker-processes",
+        type=int,
+        default=2,
+        help="Celery no-op: prefork processes (%(default)s)",
+    )
+    add("--profile", type=int, default=0, metavar="SECONDS", help="py-spy an API and a worker process")
+    add("--redis-db", type=int, default=14, help="Redis database of the run (%(default)s)")
+    add(
+        "--settle-timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for orders to be final (%(default)s)",
+    )
+    add(
+        "--ready-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for a process to be ready (%(default)s)",
+    )
+    add(
+        "--out",
+        type=Path,
+        default=DEFAULT_STACK_OUT,
+        help="JSON results; logs, plot and profiles go beside it (%(default)s)",
+    )
+    add("--seed", type=int, help="random seed of the product choice and the arrivals")
+    return parser
+
+
 class UsageError(Exception):
     pass
 
@@ -256,6 +343,51 @@ def validate_store(args: argparse.Namespace) -> tuple[Target, list[int]]:
     need(args.gets >= max(listing) or args.gets == 0, "--gets must be >= the largest --listing-concurrency")
     need(args.orders == 0 or args.stock > 0, "--stock 0 rejects every order; give a stock")
     return _target(args), listing
+
+
+def validate_stack(args: argparse.Namespace) -> tuple[list[int], None]:
+    """Check the options of `python -m bench stack`; returns the sweep's worker counts."""
+    need(1 <= args.api_processes <= 32, "--api-processes must be within 1..32")
+    need(1 <= args.worker_processes <= 64, "--worker-processes must be within 1..64")
+    need(1 <= args.concurrency <= 2000, "--concurrency must be within 1..2000")
+    need(1 <= args.threads <= 64, "--threads must be within 1..64")
+    need(
+        args.threads <= args.concurrency,
+        "--threads must not exceed --concurrency (wrk needs a connection each)",
+    )
+    need(1 <= args.duration <= 3600, "--duration must be within 1..3600 seconds")
+    need(0 <= args.warmup <= 600, "--warmup must be within 0..600 seconds")
+    need(1 <= args.products <= 10_000, "--products must be within 1..10000")
+    need(1 <= args.hot_orders <= 1_000_000, "--hot-orders must be within 1..1000000")
+    need(0 <= args.hot_stock <= 10**9, "--hot-stock must be within 0..1000000000")
+    need(1 <= args.sweep_duration <= 3600, "--sweep-duration must be within 1..3600 seconds")
+    need(args.rate is None or (math.isfinite(args.rate) and args.rate > 0), "--rate must be > 0")
+    need(
+        math.isfinite(args.open_duration) and 0 < args.open_duration <= 3600,
+        "--open-duration must be within (0, 3600]",
+    )
+    need(1 <= args.open_connections <= 4000, "--open-connections must be within 1..4000")
+    if args.rate is not None:
+        need(
+            args.rate * args.open_duration <= MAX_OPEN_ORDERS,
+            f"--rate x --open-duration must be <= {MAX_OPEN_ORDERS} orders",
+        )
+    need(0 <= args.prefer_wait <= 60, "--prefer-wait must be within 0..60")
+    need(1 <= args.anchor_tasks <= 1_000_000, "--anchor-tasks must be within 1..1000000")
+    need(1 <= args.anchor_worker_processes <= 64, "--anchor-worker-processes must be within 1..64")
+    need(0 <= args.profile <= 600, "--profile must be within 0..600 seconds")
+    need(0 <= args.redis_db <= 15, "--redis-db must be within 0..15")
+    need(
+        math.isfinite(args.settle_timeout) and 0 < args.settle_timeout <= 3600, "--settle-timeout: (0, 3600]"
+    )
+    need(math.isfinite(args.ready_timeout) and 0 < args.ready_timeout <= 600, "--ready-timeout: (0, 600]")
+    sweep: list[int] = []
+    if args.sweep:
+        try:
+            sweep = parse_counts(args.sweep, "--sweep", 1, 64)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    return sweep, None
 
 
 def _target(args: argparse.Namespace) -> Target:
@@ -523,6 +655,41 @@ def store_main(argv: list[str]) -> int:
     return code
 
 
+def stack_main(argv: list[str]) -> int:
+    """`python -m bench stack ARGV`: start the stack and measure it beside its anchors; returns the
+    exit code (0 the checks pass, 1 a check failed, 2 error, 130 interrupted)."""
+    parser = build_stack_parser()
+    args = parser.parse_args(argv)
+    err = Console(stderr=True)
+    checked = _checked(parser, err, validate_stack, args)
+    if checked is None:
+        return 2
+    sweep, _ = checked
+
+    results = new_stack_results(parameters(args))
+    code = 0
+    try:
+        run_stack(args, sweep, err, results)
+    except BenchError as exc:
+        err.print(f"[red]benchmark failed:[/] {exc}")
+        results["error"] = str(exc)
+        code = 2
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        results["error"] = "interrupted"
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - a failed run still writes what it measured
+        err.print_exception()
+        results["error"] = f"{type(exc).__name__}: {exc}"
+        code = 2
+    render_stack(Console(), results)
+    if code == 0:
+        code = _verdict(results)
+    write_json(args.out, results)
+    err.print(f"results written to {args.out}")
+    return code
+
+
 def _execute(make: Callable[[], Coroutine[Any, Any, None]], err: Console, results: dict[str, Any]) -> int:
     """Run the coroutine `make()` returns with SIGTERM as an interrupt; 0 when it finished, 2 on a
     `BenchError`, 130 when interrupted (the reason goes to `results["error"]`). Any worker a run
@@ -567,10 +734,13 @@ def _verdict(results: dict[str, Any]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark with command-line arguments `argv` (default sys.argv[1:]); returns the
     exit code (0 ok, 1 an invariant failed, 2 error, 130 interrupted). `store` as the first
-    argument runs the store API benchmark (`store_main`) instead."""
+    argument runs the store API benchmark (`store_main`) instead, `stack` the whole-stack benchmark
+    (`stack_main`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["store"]:
         return store_main(argv[1:])
+    if argv[:1] == ["stack"]:
+        return stack_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     err = Console(stderr=True)
