@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.auth import MISSING_MESSAGE, authenticate, basic_scheme, bearer_scheme
+from core.db import bind_statement_pool
 from core.errors import Forbidden, Unauthorized
 from core.uow import take_effects
 from core.users import service as users_service
@@ -43,6 +44,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     )
     factory = state.read_sessionmaker if autocommit else state.sessionmaker
     async with factory() as session:
+        bind_statement_pool(session.sync_session, state.statement_pool)
         try:
             yield session
             await session.commit()

@@ -3,9 +3,10 @@
 `OrderDispatcher.submit(ids)` is called after the orders' transaction committed (STYLE.md rule 2)
 and returns at once. Ids are coalesced for at most `window` seconds or `max_batch` ids, whichever
 comes first, into one `reserve_orders` task, which the worker reserves in one transaction
-(`core.orders.reservation`). The blocking Celery publish runs in the dispatcher's own thread, one
-batch at a time, so ids submitted while a publish is under way join the next batch: the busier the
-process, the larger its batches.
+(`core.orders.reservation`). With Redis, the batch is published on the event loop by the async
+client (`api.broker`); on the embedded default, Celery's blocking `send_task` runs in the
+dispatcher's own thread. Either way one batch is under way at a time, so ids submitted meanwhile
+join the next batch: the busier the process, the larger its batches.
 
 Circuit breaker: when a publish fails (broker unreachable), the dispatcher opens for `cooldown`
 seconds. Orders submitted meanwhile are only stored: the orders table is the outbox, and the beat
@@ -15,9 +16,10 @@ sweep sends what stayed `pending` (`ORDER_SWEEP_AFTER_SECONDS`). A success close
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from api import metrics
@@ -31,7 +33,7 @@ class OrderDispatcher:
 
     def __init__(
         self,
-        send: Callable[[list[int]], bool] = enqueue_reserve_orders,
+        send: Callable[[list[int]], bool] | Callable[[list[int]], Awaitable[bool]] = enqueue_reserve_orders,
         *,
         window: float = 0.005,
         max_batch: int = 100,
@@ -46,6 +48,7 @@ class OrderDispatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._in_flight: set[asyncio.Future[bool]] = set()
         self._busy = False
+        self._on_loop = inspect.iscoroutinefunction(send) or inspect.iscoroutinefunction(type(send).__call__)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="order-dispatch")
 
     @property
@@ -82,7 +85,12 @@ class OrderDispatcher:
         batch = self._pending[: self._max_batch]
         del self._pending[: self._max_batch]
         self._busy = True
-        future = asyncio.get_running_loop().run_in_executor(self._executor, self._publish, batch)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = (
+            loop.create_task(self._publish_on_loop(batch))
+            if self._on_loop
+            else loop.run_in_executor(self._executor, self._publish, batch)
+        )
         self._in_flight.add(future)
         future.add_done_callback(self._published)
 
@@ -96,16 +104,27 @@ class OrderDispatcher:
 
     def _publish(self, batch: list[int]) -> bool:
         """In the dispatcher's thread: send one batch unless the breaker opened meanwhile."""
-        if self.is_open:
-            sent = False
-        else:
+        sent = False
+        if not self.is_open:
             try:
-                sent = self._send(batch)
+                sent = bool(self._send(batch))
             except Exception:
                 log.exception("sending orders %s failed; the sweep will send them", batch[:10])
-                sent = False
-            if not sent:
-                self._open_until = time.monotonic() + self._cooldown
+        return self._count(batch, sent)
+
+    async def _publish_on_loop(self, batch: list[int]) -> bool:
+        """On the event loop, with an async publisher (`api.broker.AsyncTaskPublisher`)."""
+        sent = False
+        if not self.is_open:
+            try:
+                sent = bool(await self._send(batch))  # type: ignore[misc]
+            except Exception:
+                log.exception("sending orders %s failed; the sweep will send them", batch[:10])
+        return self._count(batch, sent)
+
+    def _count(self, batch: list[int], sent: bool) -> bool:
+        if not sent and not self.is_open:
+            self._open_until = time.monotonic() + self._cooldown
         metrics.orders_submitted.labels("yes" if sent else "deferred").inc(len(batch))
         return sent
 

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from api.auth import Authenticator
+from api.broker import AsyncTaskPublisher
 from api.dispatch import OrderDispatcher
 from api.effects import EffectRunner
 from api.errors import install_error_handlers
@@ -25,10 +26,11 @@ from api.ratelimit import StoreRateLimitMiddleware
 from api.routes import audit, health, orders, products, store, users
 from api.waiters import OrderEventRelay
 from core.config import Settings, settings
-from core.db import make_async_engine, make_async_sessionmaker
+from core.db import make_async_engine, make_async_sessionmaker, make_statement_pool
 from core.logging import configure_logging
 from core.users import service as users_service
 from core.users.models import Role
+from workers.celery_app import enqueue_reserve_orders
 
 log = logging.getLogger("orderflow.api")
 
@@ -100,16 +102,30 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
         app.state.sessionmaker = make_async_sessionmaker(engine)
         # Safe methods read outside an explicit transaction on PostgreSQL: no BEGIN/COMMIT round
         # trips. SQLite keeps its BEGIN IMMEDIATE transactions (core.db._tune_sqlite).
-        app.state.read_sessionmaker = (
-            make_async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+        # A second engine whose connections are always in autocommit mode: no isolation level to
+        # set on checkout and reset on return.
+        autocommit_engine = (
+            make_async_engine(cfg, isolation_level="AUTOCOMMIT")
             if engine.dialect.name == "postgresql"
+            else None
+        )
+        app.state.read_sessionmaker = (
+            make_async_sessionmaker(autocommit_engine)
+            if autocommit_engine is not None
             else app.state.sessionmaker
         )
+        app.state.statement_pool = make_statement_pool(cfg)
+        if app.state.statement_pool is not None:
+            await app.state.statement_pool.open()
         await ensure_first_admin(app, cfg)
-        app.state.dispatcher = OrderDispatcher(
-            window=cfg.dispatch_window_seconds, max_batch=cfg.dispatch_max_batch
-        )
         app.state.redis = aioredis.Redis.from_url(cfg.redis_url) if cfg.redis_url else None
+        app.state.dispatcher = OrderDispatcher(
+            AsyncTaskPublisher(app.state.redis, cfg.broker_publish_timeout_seconds)
+            if app.state.redis is not None
+            else enqueue_reserve_orders,
+            window=cfg.dispatch_window_seconds,
+            max_batch=cfg.dispatch_max_batch,
+        )
         app.state.effects = EffectRunner(
             app.state.dispatcher, app.state.redis, cfg.redis_effect_timeout_seconds
         )
@@ -135,6 +151,10 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
             if app.state.redis is not None:
                 await app.state.redis.aclose()
             await engine.dispose()
+            if app.state.statement_pool is not None:
+                await app.state.statement_pool.close()
+            if autocommit_engine is not None:
+                await autocommit_engine.dispose()
 
     app = FastAPI(
         title="orderflow",

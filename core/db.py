@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -107,14 +108,52 @@ def make_sync_engine(cfg: Settings = settings) -> Engine:
     return engine
 
 
-def make_async_engine(cfg: Settings = settings) -> AsyncEngine:
-    engine = create_async_engine(cfg.async_database_url, **_engine_kwargs(cfg, cfg.async_database_url))
+def make_async_engine(cfg: Settings = settings, **options: Any) -> AsyncEngine:
+    """The API's engine; `options` go to `create_async_engine` (e.g. `isolation_level`)."""
+    kwargs = {**_engine_kwargs(cfg, cfg.async_database_url), **options}
+    engine = create_async_engine(cfg.async_database_url, **kwargs)
     _tune_sqlite(engine.sync_engine)
     return engine
 
 
 def make_async_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+# --- single statements on the hot path --------------------------------------------------------------
+
+_STATEMENT_POOL = "orderflow.statement_pool"
+
+
+def make_statement_pool(cfg: Settings = settings) -> AsyncConnectionPool | None:
+    """A psycopg pool of autocommit connections for the API's single-statement writes (order intake):
+    no ORM session, no transaction to begin or end, statements prepared by psycopg on each connection
+    after their first uses. None on SQLite. Open it with `await pool.open()`."""
+    if cfg.database_url is None:
+        return None
+    url = make_url(cfg.database_url).set(drivername="postgresql")
+    kwargs: dict[str, Any] = {"autocommit": True}
+    if cfg.db_statement_timeout_ms:
+        kwargs["options"] = f"-c statement_timeout={cfg.db_statement_timeout_ms}"
+    return AsyncConnectionPool(
+        url.render_as_string(hide_password=False),
+        min_size=1,
+        max_size=cfg.db_pool_size + cfg.db_max_overflow,
+        kwargs=kwargs,
+        open=False,
+        name="orderflow-statements",
+    )
+
+
+def bind_statement_pool(session: Session, pool: AsyncConnectionPool | None) -> None:
+    """Let the services run single statements of this unit of work on `pool` (the API's edge)."""
+    if pool is not None:
+        session.info[_STATEMENT_POOL] = pool
+
+
+def statement_pool(session: Session) -> AsyncConnectionPool | None:
+    """The pool `bind_statement_pool` gave this session, if any."""
+    return session.info.get(_STATEMENT_POOL)
 
 
 _lock = threading.Lock()

@@ -2,10 +2,11 @@
 "Store API"): check the products, snapshot prices, store the order `pending` with its lines, its
 idempotency key and its audit row, and register its dispatch as an after-commit effect.
 
-On PostgreSQL all of that is **one statement** (`_INTAKE`, a data-modifying CTE), run outside an
-explicit transaction: a single statement is atomic, so the order, its lines, its key and its audit
-row are stored together or not at all, in one round trip, and psycopg prepares the statement on
-each connection after its first uses. The checks and the inserts read the same snapshot; when a check
+On PostgreSQL all of that is **one statement** (`_INTAKE_SQL`, a data-modifying CTE), run in
+autocommit mode: a single statement is atomic, so the order, its lines, its key and its audit row are
+stored together or not at all, in one round trip. The API runs it straight on a psycopg connection of
+its statement pool (`core.db.statement_pool`: no ORM session on the hot path), where psycopg prepares
+it once per connection. The checks and the inserts read the same snapshot; when a check
 fails nothing is inserted and the products' rows come back so the reason can be told exactly.
 
 Idempotency keys (scope, key) are unique: a key already stored makes the statement insert nothing
@@ -18,11 +19,15 @@ which the key is read again. The embedded SQLite default takes the simpler path 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from psycopg.errors import UniqueViolation
+from psycopg.rows import namedtuple_row
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
-from core.db import utcnow
+from core.db import statement_pool, utcnow
 from core.errors import Conflict, InsufficientStock, InvalidInput, ProductDiscontinued, ProductNotFound
 from core.orders import service
 from core.orders.models import OrderStatus
@@ -90,8 +95,7 @@ class Intake:
     replayed: bool
 
 
-_INTAKE = text(
-    """
+_INTAKE_SQL = """
 WITH req AS (
     SELECT r.product_id, r.quantity, (r.ord - 1)::int AS position
     FROM unnest(CAST(:pids AS integer[]), CAST(:qtys AS integer[])) WITH ORDINALITY
@@ -141,8 +145,20 @@ SELECT (SELECT id FROM new_order) AS order_id,
                                          s.manager_id))
         FROM snap s) AS products
 """
-)
-_PRIOR_KEY = text("SELECT order_id, request_hash FROM idempotency_keys WHERE scope = :scope AND key = :key")
+_PRIOR_KEY_SQL = "SELECT order_id, request_hash FROM idempotency_keys WHERE scope = :scope AND key = :key"
+#: For an ORM session (tests, or an edge without a statement pool).
+_INTAKE = text(_INTAKE_SQL)
+_PRIOR_KEY = text(_PRIOR_KEY_SQL)
+
+
+def _pyformat(sql: str) -> str:
+    """`:name` parameters as psycopg's `%(name)s` (`::type` casts are left alone)."""
+    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
+
+
+#: For psycopg directly (the API's statement pool, `core.db.statement_pool`).
+_INTAKE_PG = _pyformat(_INTAKE_SQL)
+_PRIOR_KEY_PG = _pyformat(_PRIOR_KEY_SQL)
 
 
 @dataclass(frozen=True)
@@ -185,23 +201,51 @@ async def submit_order(session: AsyncSession, request: OrderRequest) -> Intake:
         "request_id": audit.current_request_id(),
         "audit": json.dumps({"lines": len(request.lines), **request.audit_details}),
     }
-    try:
-        row = (await session.execute(_INTAKE, params)).one()
-    except IntegrityError as exc:
-        if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION or request.idempotency_key is None:
-            raise
-        await session.rollback()  # a no-op in autocommit mode; ends a failed transaction otherwise
-        prior = (await session.execute(_PRIOR_KEY, params)).one_or_none()
-        if prior is None:  # the other request rolled back after all: try once more
-            row = (await session.execute(_INTAKE, params)).one()
-        else:
-            return await _replay(session, request, prior.order_id, prior.request_hash, fingerprint)
+    pool = statement_pool(session.sync_session)
+    if pool is not None:
+        row, prior = await _run_on_pool(pool, params)
+    else:
+        row, prior = await _run_on_session(session, params)
+    if prior is not None:
+        return await _replay(session, request, prior.order_id, prior.request_hash, fingerprint)
     if row.order_id is None:
         if row.prior_order_id is not None:
             return await _replay(session, request, row.prior_order_id, row.prior_hash, fingerprint)
         _raise_refusal(request, _products(row.products))
     effects_of(session.sync_session).dispatch.append(row.order_id)
     return Intake(_view(row.order_id, request, _products(row.products), now), replayed=False)
+
+
+async def _run_on_pool(pool: AsyncConnectionPool, params: dict[str, Any]) -> tuple[Any, Any]:
+    """(the intake statement's row, None), or (None, the prior key's row) when a concurrent first
+    use of the same idempotency key won (the statement failed on the unique index)."""
+    async with pool.connection() as conn:
+        cursor = conn.cursor(row_factory=namedtuple_row)
+        try:
+            await cursor.execute(_INTAKE_PG, params)
+        except UniqueViolation:
+            if params["key"] is None:
+                raise
+            await cursor.execute(_PRIOR_KEY_PG, params)
+            prior = await cursor.fetchone()
+            if prior is not None:
+                return None, prior
+            await cursor.execute(_INTAKE_PG, params)  # the other request rolled back after all
+        return await cursor.fetchone(), None
+
+
+async def _run_on_session(session: AsyncSession, params: dict[str, Any]) -> tuple[Any, Any]:
+    """`_run_on_pool` through the ORM session (its own transaction unless in autocommit mode)."""
+    try:
+        return (await session.execute(_INTAKE, params)).one(), None
+    except IntegrityError as exc:
+        if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION or params["key"] is None:
+            raise
+        await session.rollback()  # a no-op in autocommit mode; ends the failed transaction otherwise
+        prior = (await session.execute(_PRIOR_KEY, params)).one_or_none()
+        if prior is not None:
+            return None, prior
+        return (await session.execute(_INTAKE, params)).one(), None
 
 
 def _fingerprint(request: OrderRequest) -> str:

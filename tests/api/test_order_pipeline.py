@@ -12,9 +12,9 @@ import threading
 import time
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 import redis.asyncio as aioredis
-from sqlalchemy import event
 
 from api.dispatch import OrderDispatcher
 from api.effects import EffectRunner
@@ -35,18 +35,20 @@ def _settled_queue():
 
 @contextlib.contextmanager
 def statements(app) -> Iterator[list[str]]:
-    """The SQL statements the API's engine sends while the block runs."""
+    """The SQL statements this process sends to PostgreSQL while the block runs, by any path (the
+    ORM sessions and the intake's statement pool both execute through psycopg's AsyncCursor)."""
     seen: list[str] = []
-    engine = app.state.sessionmaker.kw["bind"].sync_engine
+    original = psycopg.AsyncCursor.execute
 
-    def record(conn, cursor, statement, parameters, context, executemany):
-        seen.append(statement)
+    async def execute(self, query, params=None, **kwargs):
+        seen.append(query if isinstance(query, str) else repr(query))
+        return await original(self, query, params, **kwargs)
 
-    event.listen(engine, "before_cursor_execute", record)
+    psycopg.AsyncCursor.execute = execute
     try:
         yield seen
     finally:
-        event.remove(engine, "before_cursor_execute", record)
+        psycopg.AsyncCursor.execute = original
 
 
 # --- Prefer: wait=N ------------------------------------------------------------------------------
