@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     task_retry_backoff_max_seconds: int = Field(default=30, ge=1)
     broker_publish_timeout_seconds: float = Field(default=2.0, gt=0)
 
-    db_pool_size: int = Field(default=20, ge=1)
+    db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=20, ge=0)
     db_pool_pre_ping: bool = Field(
         default=False, description="Test each pooled connection before use (one more round trip)"

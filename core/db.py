@@ -128,7 +128,9 @@ _STATEMENT_POOL = "orderflow.statement_pool"
 def make_statement_pool(cfg: Settings = settings) -> AsyncConnectionPool | None:
     """A psycopg pool of autocommit connections for the API's single-statement writes (order intake):
     no ORM session, no transaction to begin or end, statements prepared by psycopg on each connection
-    after their first uses. None on SQLite. Open it with `await pool.open()`."""
+    after their first uses. At most `DB_POOL_SIZE` connections (a request waits for a free one rather
+    than opening more: each costs a PostgreSQL backend). None on SQLite. Open it with
+    `await pool.open()`."""
     if cfg.database_url is None:
         return None
     url = make_url(cfg.database_url).set(drivername="postgresql")
@@ -137,8 +139,8 @@ def make_statement_pool(cfg: Settings = settings) -> AsyncConnectionPool | None:
         kwargs["options"] = f"-c statement_timeout={cfg.db_statement_timeout_ms}"
     return AsyncConnectionPool(
         url.render_as_string(hide_password=False),
-        min_size=1,
-        max_size=cfg.db_pool_size + cfg.db_max_overflow,
+        min_size=min(4, cfg.db_pool_size),
+        max_size=cfg.db_pool_size,
         kwargs=kwargs,
         open=False,
         name="orderflow-statements",
