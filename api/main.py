@@ -118,7 +118,13 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
         if app.state.statement_pool is not None:
             await app.state.statement_pool.open()
         await ensure_first_admin(app, cfg)
-        app.state.redis = aioredis.Redis.from_url(cfg.redis_url) if cfg.redis_url else None
+        # Bounded socket waits: a frozen Redis costs a request (listing cache, queue depth) at most 1 s;
+        # the after-commit effects and the order publish have shorter timeouts of their own.
+        app.state.redis = (
+            aioredis.Redis.from_url(cfg.redis_url, socket_timeout=1, socket_connect_timeout=1)
+            if cfg.redis_url
+            else None
+        )
         app.state.dispatcher = OrderDispatcher(
             AsyncTaskPublisher(app.state.redis, cfg.broker_publish_timeout_seconds)
             if app.state.redis is not None

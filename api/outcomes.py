@@ -5,9 +5,10 @@ A route stores or reads the order (one call into core) and returns a `SettlingRe
 dependency then commits and runs the effects (the order is sent to the workers), and only then does
 the response wait, holding no session, connection or lock: it is woken by the order's event, which
 carries the new status and error (`core.events`), so the answer is built without reading the order
-again. A watch is registered (`OrderWatches`) before the order is stored or read, so an outcome that
-comes in between is not missed. Should no event come (a lost message, Redis down), the response
-re-reads the order every `RECHECK_SECONDS` with its own short-lived session.
+again. A watch is registered (`OrderWatches`) before the order is read (`GET`), or right after it is
+stored and before it is sent to the workers (`POST`), so no outcome can come in unseen. Should no
+event come (a lost message, Redis down), the response re-reads the order every `RECHECK_SECONDS`
+with its own short-lived session.
 """
 
 from __future__ import annotations

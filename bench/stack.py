@@ -52,6 +52,7 @@ from bench.client import TRANSPORT_ERRORS, BenchError, Target, create_product, l
 from bench.phases import PRODUCT_PRICE, Product, Run, closed_loop, probe_order, setup_products
 from bench.report import machine_info, plot_sweep, timestamp
 from bench.stats import STOCK_HOLDING_STATUSES, count_by, percentile
+from bench.workers import wait_child_exit
 from bench.wrk import WrkResult, lua_script, ratio, run_wrk, wrk_command
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -294,9 +295,9 @@ class Processes:
             if process.returncode is None and _unreaped(process.pid):
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signal.SIGTERM)
-                if not _wait_exit(process.pid, grace):
+                if not wait_child_exit(process.pid, grace):
                     _kill_group(process.pid)
-                    _wait_exit(process.pid, 5.0)
+                    wait_child_exit(process.pid, 5.0)
                 _kill_group(process.pid)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(5.0)
@@ -325,22 +326,6 @@ def _unreaped(pid: int) -> bool:
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
         return False
-    return True
-
-
-def _exited(pid: int) -> bool:
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
-
-
-def _wait_exit(pid: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while not _exited(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
     return True
 
 
@@ -658,7 +643,7 @@ class StackRun:
 
     def _run_once(self, name: str, command: list[str], within: float) -> int:
         managed = self.procs.start(name, command, env=self.env(), cwd=self.project, log_path=self.log(name))
-        if not _wait_exit(managed.pid, within):
+        if not wait_child_exit(managed.pid, within):
             self.procs.stop(managed, grace=2)
             raise BenchError(f"{name} did not finish within {within:g} s (log: {managed.log_path})")
         code = self.procs.stop(managed, grace=0)

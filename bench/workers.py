@@ -147,9 +147,9 @@ class CeleryWorker:
         try:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-                if not _exited_blocking(process.pid, STOP_GRACE_SECONDS):
+                if not wait_child_exit(process.pid, STOP_GRACE_SECONDS):
                     _kill_group(process.pid)
-                    _exited_blocking(process.pid, 5.0)
+                    wait_child_exit(process.pid, 5.0)
                 _kill_group(process.pid)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(5.0)
@@ -169,7 +169,7 @@ def stop_all_now() -> None:
         worker.stop_now()
 
 
-def _child_exited(pid: int) -> bool:
+def child_exited(pid: int) -> bool:
     """Whether the child `pid` has exited; it stays unreaped (WNOWAIT) and WNOHANG never blocks."""
     try:
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
@@ -177,9 +177,10 @@ def _child_exited(pid: int) -> bool:
         return True
 
 
-def _exited_blocking(pid: int, within: float) -> bool:
+def wait_child_exit(pid: int, within: float) -> bool:
+    """Whether the child `pid` exits within `within` seconds (blocking), without reaping it."""
     deadline = time.perf_counter() + within
-    while not _child_exited(pid):
+    while not child_exited(pid):
         if time.perf_counter() >= deadline:
             return False
         time.sleep(0.1)
@@ -189,7 +190,7 @@ def _exited_blocking(pid: int, within: float) -> bool:
 async def _exited(pid: int, within: float) -> bool:
     """Whether the child `pid` exits within `within` seconds, without reaping it."""
     deadline = time.perf_counter() + within
-    while not _child_exited(pid):
+    while not child_exited(pid):
         if time.perf_counter() >= deadline:
             return False
         await asyncio.sleep(0.1)

@@ -30,7 +30,7 @@ ORDERS_QUEUE = "orders"
 ORDERS_QUEUE_KEY = f"{settings.redis_key_prefix}{ORDERS_QUEUE}"
 #: Reserve stock for a batch of orders (the API's dispatcher sends these): one transaction per batch.
 RESERVE_ORDERS = "orderflow.reserve_orders"
-#: Reserve stock for one order: the sweep's re-sends, retries, and a failed batch's orders one by one.
+#: Reserve stock for one order: retries of a transient fault (a failed batch's orders go one by one).
 PROCESS_ORDER = "orderflow.process_order"
 SWEEP_PENDING_ORDERS = "orderflow.sweep_pending_orders"
 
@@ -96,8 +96,9 @@ def _reset_after_fork(**_: object) -> None:
 
 
 def enqueue_reserve_orders(order_ids: list[int]) -> bool:
-    """Send `reserve_orders(order_ids)` to the broker, by task name (blocking: the API calls it from
-    its dispatcher's thread, never on the event loop). Call only after the orders' transaction
+    """Send `reserve_orders(order_ids)` to the broker, by task name (blocking: with Redis the API
+    publishes with its async client instead, `api.broker`; the embedded default calls this from the
+    dispatcher's thread, never on the event loop). Call only after the orders' transaction
     committed (STYLE.md rule 2). Returns False when the broker could not be reached; the orders then
     stay `pending` in the outbox and the beat sweep sends them later."""
     try:

@@ -298,3 +298,35 @@ async def test_effects_on_a_frozen_redis_cost_at_most_their_timeout():
             await client.aclose()
     assert elapsed < 1.0  # two effects of 0.2 s each, not a socket timeout
     assert sent == [[7]]  # the dispatch is not held up by Redis
+
+
+# --- the intake statement through an ORM session (an edge without a statement pool) ---------------
+
+
+async def test_intake_through_an_orm_session_stores_once_per_idempotency_key(client, app):
+    from core.orders.intake import OrderRequest, submit_order
+
+    product = await create_product(client, stock=50)
+    app.state.effects.dispatcher = OrderDispatcher(send=lambda ids: True)  # stored, never sent
+
+    def request(key: str) -> OrderRequest:
+        return OrderRequest(
+            lines=[(product["id"], 1)], actor="admin", scope="user:1", user_id=1, idempotency_key=key
+        )
+
+    async def submit(key: str):
+        async with app.state.read_sessionmaker() as session:  # autocommit, no statement pool bound
+            return await submit_order(session, request(key))
+
+    try:
+        first = await submit("orm-1")
+        again = await submit("orm-1")
+        racing = await asyncio.gather(*(submit("orm-2") for _ in range(8)))
+    finally:
+        app.state.effects.dispatcher = app.state.dispatcher
+    assert not first.replayed
+    assert again.replayed and again.order.id == first.order.id
+    assert len({r.order.id for r in racing}) == 1
+    assert sum(not r.replayed for r in racing) == 1
+    orders = (await client.get("/orders", params={"limit": 50})).json()
+    assert len(orders) == 2

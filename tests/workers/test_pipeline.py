@@ -13,8 +13,11 @@ import signal
 import subprocess
 import time
 
+import redis.asyncio as aioredis
 from sqlalchemy import text
 
+from api.broker import AsyncTaskPublisher
+from api.dispatch import OrderDispatcher
 from core.db import get_sync_engine
 from tests.conftest import create_product, start_worker_process, stop_worker_process
 from tests.workers.helpers import (
@@ -176,33 +179,38 @@ def test_transient_fault_outliving_the_retries_fails_the_order_without_holding_s
     assert reservations_for(order_id) == 0
 
 
-@contextlib.contextmanager
-def broker_unreachable():
-    """Point the API's Celery producer at a port nothing listens on, then restore it."""
-    saved = (celery_app.conf.broker_url, celery_app._pool, celery_app.amqp._producer_pool)
-    celery_app.conf.broker_url = "redis://127.0.0.1:6399/0"
-    celery_app._pool = None
-    celery_app.amqp._producer_pool = None
+@contextlib.asynccontextmanager
+async def broker_unreachable(app):
+    """Give the API a dispatcher whose broker (Redis) is a port nothing listens on, then restore it.
+    Yields that dispatcher."""
+    dead = aioredis.Redis(host="127.0.0.1", port=6399, socket_connect_timeout=1)
+    dispatcher = OrderDispatcher(AsyncTaskPublisher(dead, timeout=1), window=0)
+    app.state.effects.dispatcher = dispatcher
     try:
-        yield
+        yield dispatcher
     finally:
-        celery_app.conf.broker_url, celery_app._pool, celery_app.amqp._producer_pool = saved
+        app.state.effects.dispatcher = app.state.dispatcher
+        await dead.aclose()
 
 
 async def test_broker_down_at_submission_then_the_sweep_sends_the_order(client, celery_worker):
     """The order is committed and answered 202 even though the broker is unreachable; the outbox
     sweep re-sends it once the broker is back."""
     product = await create_product(client, stock=5)
-    with broker_unreachable():
+    async with broker_unreachable(client._transport.app) as dispatcher:
         response = await client.post("/orders", json={"product_id": product["id"], "quantity": 2})
+        assert response.status_code == 202, response.text
+        await dispatcher.drain()
+        assert dispatcher.is_open  # the failed publish opened the breaker
         # While the dispatcher is open, further orders are only stored, without waiting on the broker.
         second = await client.post("/orders", json={"product_id": product["id"], "quantity": 1})
-    client._transport.app.state.dispatcher.reset()
+        await dispatcher.drain()
     assert second.status_code == 202
     assert response.status_code == 202
     order_id = response.json()["id"]
     await asyncio.sleep(1)
     assert (await client.get(f"/orders/{order_id}")).json()["status"] == "pending"
+    assert (await client.get(f"/orders/{second.json()['id']}")).json()["status"] == "pending"
 
     from workers.tasks import sweep_pending_orders
 
