@@ -1,4 +1,5 @@
-"""The reservation's all-or-nothing savepoint on the embedded default's SQLite, as on PostgreSQL."""
+"""The reservation's all-or-nothing rule on the embedded default's SQLite, as on PostgreSQL: an order
+whose second line cannot be reserved takes no stock for its first."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from core.products import service as products
 from core.products.schemas import ProductCreate
 
 
-def test_a_failing_line_rolls_back_the_lines_already_reserved(tmp_path: Path):
+def test_a_failing_line_reserves_none_of_the_order(tmp_path: Path):
     cfg = Settings(database_url=None, redis_url=None, data_dir=tmp_path)
     upgrade(cfg.sync_database_url)
     engine = make_sync_engine(cfg)
