@@ -44,6 +44,7 @@ import psycopg  # noqa: E402
 import pytest  # noqa: E402
 import redis  # noqa: E402
 from sqlalchemy import text  # noqa: E402
+from sqlalchemy.exc import OperationalError  # noqa: E402
 
 from core.config import settings  # noqa: E402
 from core.db import get_sync_engine  # noqa: E402
@@ -87,11 +88,38 @@ def database() -> Iterator[None]:
         conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
 
 
+def _wait_for_empty_queue(timeout: float = 5) -> None:
+    """Block (at most `timeout` seconds) until no message of an earlier test waits in the orders
+    queue, so that the session's worker does not reserve a new order that reused its id."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while client.llen(ORDERS_QUEUE_KEY) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        client.close()
+
+
+def _truncate() -> None:
+    """TRUNCATE every table; retried when PostgreSQL picks it as a deadlock victim (a worker's
+    transaction that was still running gets its locks first)."""
+    for attempt in range(3):
+        try:
+            with get_sync_engine().begin() as conn:
+                conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+            return
+        except OperationalError as exc:
+            if attempt == 2 or not isinstance(exc.orig, psycopg.errors.DeadlockDetected):
+                raise
+            time.sleep(0.2)
+
+
 @pytest.fixture(autouse=True)
 def clean_state(database: None) -> Iterator[None]:
     """Every test starts with empty tables and an empty Redis db."""
+    _wait_for_empty_queue()
+    _truncate()
     with get_sync_engine().begin() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
         conn.execute(
             text(
                 "INSERT INTO users (username, password_hash, role, created_at, updated_at,"
@@ -181,6 +209,7 @@ async def client(app: object) -> AsyncIterator[httpx.AsyncClient]:
         transport=transport, base_url="http://orderflow.test", headers=ADMIN.bearer
     ) as c:
         yield c
+    await app.state.dispatcher.drain()  # publish what the test stored, while its tables still exist
 
 
 @pytest.fixture
@@ -189,6 +218,7 @@ async def anon(app: object) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport, base_url="http://orderflow.test") as c:
         yield c
+    await app.state.dispatcher.drain()
 
 
 @pytest.fixture
