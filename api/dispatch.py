@@ -46,7 +46,7 @@ class OrderDispatcher:
         self._open_until = 0.0
         self._pending: list[int] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._in_flight: set[asyncio.Future[bool]] = set()
+        self._in_flight: set[asyncio.Task[bool]] = set()
         self._busy = False
         self._on_loop = inspect.iscoroutinefunction(send) or inspect.iscoroutinefunction(type(send).__call__)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="order-dispatch")
@@ -67,8 +67,7 @@ class OrderDispatcher:
         self._pending.extend(ids)
         if len(self._pending) >= self._max_batch:
             self._start()
-        if self._pending and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._window, self.flush)
+        self._arm()
 
     def flush(self) -> None:
         """Publish what is queued now (when no publish is under way; else right after it)."""
@@ -77,54 +76,46 @@ class OrderDispatcher:
             self._timer = None
         self._start()
 
+    def _arm(self) -> None:
+        """Start the window of the ids queued, unless one runs."""
+        if self._pending and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._window, self.flush)
+
     def _start(self) -> None:
-        """Hand the next batch to the dispatcher's thread, unless a publish is under way: the ids
-        then wait for it and go together in the batch after it."""
+        """Publish the next batch, unless a publish is under way: the ids then wait for it and go
+        together in the batch after it."""
         if self._busy or not self._pending:
             return
         batch = self._pending[: self._max_batch]
         del self._pending[: self._max_batch]
         self._busy = True
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = (
-            loop.create_task(self._publish_on_loop(batch))
-            if self._on_loop
-            else loop.run_in_executor(self._executor, self._publish, batch)
-        )
-        self._in_flight.add(future)
-        future.add_done_callback(self._published)
+        task = asyncio.get_running_loop().create_task(self._publish(batch))
+        self._in_flight.add(task)
+        task.add_done_callback(self._published)
 
-    def _published(self, future: asyncio.Future[bool]) -> None:
-        self._in_flight.discard(future)
+    def _published(self, task: asyncio.Task[bool]) -> None:
+        self._in_flight.discard(task)
         self._busy = False
-        if len(self._pending) >= self._max_batch or (self._pending and self._timer is None):
-            self._start()
-            if self._pending and self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(self._window, self.flush)
+        if self._timer is None or len(self._pending) >= self._max_batch:
+            self._start()  # ids whose window ended during the publish, or a full batch
+        self._arm()
 
-    def _publish(self, batch: list[int]) -> bool:
-        """In the dispatcher's thread: send one batch unless the breaker opened meanwhile."""
+    async def _publish(self, batch: list[int]) -> bool:
+        """Send one batch unless the breaker is open: on the loop with an async publisher
+        (`api.broker.AsyncTaskPublisher`), else in the dispatcher's thread. A failure opens the
+        breaker for `cooldown` seconds."""
         sent = False
         if not self.is_open:
             try:
-                sent = bool(self._send(batch))
+                if self._on_loop:
+                    sent = bool(await self._send(batch))  # type: ignore[misc]
+                else:
+                    loop = asyncio.get_running_loop()
+                    sent = bool(await loop.run_in_executor(self._executor, self._send, batch))
             except Exception:
                 log.exception("sending orders %s failed; the sweep will send them", batch[:10])
-        return self._count(batch, sent)
-
-    async def _publish_on_loop(self, batch: list[int]) -> bool:
-        """On the event loop, with an async publisher (`api.broker.AsyncTaskPublisher`)."""
-        sent = False
-        if not self.is_open:
-            try:
-                sent = bool(await self._send(batch))  # type: ignore[misc]
-            except Exception:
-                log.exception("sending orders %s failed; the sweep will send them", batch[:10])
-        return self._count(batch, sent)
-
-    def _count(self, batch: list[int], sent: bool) -> bool:
-        if not sent and not self.is_open:
-            self._open_until = time.monotonic() + self._cooldown
+            if not sent:
+                self._open_until = time.monotonic() + self._cooldown
         metrics.orders_submitted.labels("yes" if sent else "deferred").inc(len(batch))
         return sent
 

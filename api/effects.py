@@ -52,10 +52,10 @@ class EffectRunner:
         if self._redis is None:
             cache.memory.invalidate(managers)
             return
-        pipe = self._redis.pipeline(transaction=False)
-        for manager_id in managers:
-            pipe.set(cache.version_key(manager_id), cache.new_version())
-        await self._bounded(pipe.execute(), f"listing cache not invalidated for {managers[:5]}")
+        await self._bounded(
+            self._redis.mset(cache.new_versions(managers)),
+            f"listing cache not invalidated for {managers[:5]}",
+        )
 
     async def _publish(self, outcomes: list[events.OrderOutcome]) -> None:
         if self._redis is None:

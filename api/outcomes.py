@@ -17,17 +17,16 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Generic, Protocol, TypeVar
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
+from sqlalchemy.orm import Session
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from api import metrics
 from core.events import OrderOutcome, Watch, hub
 from core.orders.models import OrderStatus
-
-T = TypeVar("T")
 
 #: Seconds a client should wait before polling a pending order again (the `Retry-After` header).
 RETRY_AFTER_SECONDS = "1"
@@ -97,9 +96,16 @@ async def order_watches() -> AsyncIterator[OrderWatches]:
 Watches = Annotated[OrderWatches, Depends(order_watches)]
 
 
-class SettlingResponse(Response, Generic[T]):
+class HasStatus(Protocol):
+    status: str
+
+
+S = TypeVar("S", bound=HasStatus)
+
+
+class SettlingResponse(Response, Generic[S]):
     """A response that, when sent, first waits up to `wait` seconds for `order` to leave `pending`,
-    then sends `render(order, waited)`.
+    then sends `render(order)`.
 
     `outcome(order, event)` applies an event's outcome to the order; `reread()` reads it anew (only
     when no event carried an outcome within `RECHECK_SECONDS`)."""
@@ -107,13 +113,12 @@ class SettlingResponse(Response, Generic[T]):
     def __init__(
         self,
         watch: Watch,
-        order: T,
+        order: S,
         wait: float,
         *,
-        status_of: Callable[[T], str],
-        outcome: Callable[[T, OrderOutcome], T],
-        reread: Callable[[], Awaitable[T]],
-        render: Callable[[T, bool], Response],
+        outcome: Callable[[S, OrderOutcome], S],
+        reread: Callable[[], Awaitable[S]],
+        render: Callable[[S], Response],
     ) -> None:
         # Nothing is rendered yet: the answer depends on the wait (Response.__init__ is not called).
         self.status_code = 200
@@ -121,21 +126,20 @@ class SettlingResponse(Response, Generic[T]):
         self._watch = watch
         self._order = order
         self._wait = wait
-        self._status_of = status_of
         self._outcome = outcome
         self._reread = reread
         self._render = render
 
-    async def settle(self) -> tuple[T, bool]:
-        """(the order once it left `pending`, or as it is when the wait ran out; whether it waited)."""
+    async def settle(self) -> S:
+        """The order once it left `pending`, or as it is when the wait ran out."""
         order, watch = self._order, self._watch
         if watch.outcome is not None:  # came in while the request was stored or read
             order = self._outcome(order, watch.outcome)
-        if self._status_of(order) != OrderStatus.PENDING or self._wait <= 0:
-            return order, False
+        if order.status != OrderStatus.PENDING or self._wait <= 0:
+            return order
         started = time.monotonic()
         deadline = started + self._wait
-        while self._status_of(order) == OrderStatus.PENDING:
+        while order.status == OrderStatus.PENDING:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -148,8 +152,27 @@ class SettlingResponse(Response, Generic[T]):
             elif woken or time.monotonic() < deadline:
                 order = await self._reread()
         metrics.order_time_to_outcome.observe(time.monotonic() - started)
-        return order, True
+        return order
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        order, waited = await self.settle()
-        await self._render(order, waited)(scope, receive, send)
+        await self._render(await self.settle())(scope, receive, send)
+
+
+def settling(
+    request: Request,
+    watch: Watch,
+    order: S,
+    wait: float,
+    *,
+    read: Callable[[Session], S],
+    outcome: Callable[[S, OrderOutcome], S],
+    render: Callable[[S], Response],
+) -> SettlingResponse[S]:
+    """A `SettlingResponse` whose re-read is `read(session)` on a short-lived read session of its own
+    (the request's session is closed by then)."""
+
+    async def reread() -> S:
+        async with request.app.state.read_sessionmaker() as session:
+            return await session.run_sync(read)
+
+    return SettlingResponse(watch, order, wait, outcome=outcome, reread=reread, render=render)

@@ -12,7 +12,7 @@ Sessions commit at the edge only (STYLE.md rule 1): `session_scope()` here for t
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -184,10 +184,10 @@ def dispose_sync_engine() -> None:
 
 
 @contextmanager
-def session_scope(send: Callable[[list[int]], bool] | None = None) -> Iterator[Session]:
+def session_scope() -> Iterator[Session]:
     """A synchronous unit of work: a session that commits when the block ends, then runs the
-    transaction's after-commit effects (`core.uow.run_sync`; `send` sends the order ids it
-    dispatches), and rolls back on any exception (the effects are then dropped)."""
+    transaction's after-commit effects (`core.uow.run_sync`), and rolls back on any exception (the
+    effects are then dropped)."""
     get_sync_engine()
     assert _sync_sessionmaker is not None
     session = _sync_sessionmaker()
@@ -199,4 +199,4 @@ def session_scope(send: Callable[[list[int]], bool] | None = None) -> Iterator[S
         raise
     finally:
         session.close()
-    uow.run_sync(uow.take_effects(session), send)
+    uow.run_sync(uow.take_effects(session))

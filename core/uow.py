@@ -17,13 +17,12 @@ nothing is announced for a write that did not happen.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from core.events import OrderOutcome
+from core.events import OrderOutcome, publish_order_events
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +59,15 @@ def _discard_rolled_back(session: Session) -> None:
     session.info.pop(_KEY, None)
 
 
-def run_sync(effects: Effects, send: Callable[[list[int]], bool] | None = None) -> None:
-    """Run `effects` after a commit, synchronously (workers, the CLI). `send` sends order ids to the
-    broker; without it the ids are left to the outbox sweep. Never raises: every effect is
-    best-effort, bounded by the sweep (dispatch), the waiters' re-reads (events) and the listing
-    TTL (listings)."""
-    from core.products import cache
+def run_sync(effects: Effects) -> None:
+    """Run `effects` after a commit, synchronously (workers, the CLI). Never raises: every effect is
+    best-effort, bounded by the waiters' re-reads (events) and the listing TTL (listings). Order ids
+    to dispatch are left to the outbox sweep: only the API dispatches (`api.dispatch`)."""
+    from core.products import cache  # imported here: it imports this module
 
     if effects.listings:
         cache.invalidate(effects.listings)
     if effects.events:
-        from core.events import publish_order_events
-
         publish_order_events(effects.events)
-    if effects.dispatch and (send is None or not send(effects.dispatch)):
+    if effects.dispatch:
         log.info("orders %s left to the outbox sweep", effects.dispatch[:10])

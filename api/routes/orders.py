@@ -23,6 +23,7 @@ from api.outcomes import (
     SettlingResponse,
     Watches,
     preferred_wait,
+    settling,
 )
 from api.pagination import set_page_headers
 from core.config import settings
@@ -44,35 +45,29 @@ def _order_response(order: OrderRead, status_code: int = 200, **headers: str) ->
     return JSONResponse(order.model_dump(mode="json"), status_code, headers=headers)
 
 
-def _with_outcome(order: OrderRead, outcome: OrderOutcome) -> OrderRead:
-    error = OrderError.model_validate(outcome.error) if outcome.error else None
-    return order.model_copy(
-        update={"status": outcome.status, "error": error, "updated_at": outcome.updated_at}
-    )
-
-
 def _settling(
     request: Request,
     watch: Watch,
     order: OrderRead,
     wait: float,
     owner: int | None,
-    render: Callable[[OrderRead, bool], Response],
+    render: Callable[[OrderRead], Response],
 ) -> SettlingResponse[OrderRead]:
-    """Wait up to `wait` seconds for `order` to settle, then `render(order, waited)`."""
-
-    async def reread() -> OrderRead:
-        async with request.app.state.read_sessionmaker() as session:
-            return OrderRead.of(await session.run_sync(service.get_order, order.id, user_id=owner))
-
-    return SettlingResponse(
+    return settling(
+        request,
         watch,
         order,
         wait,
-        status_of=lambda o: o.status,
+        read=lambda s: OrderRead.of(service.get_order(s, order.id, user_id=owner)),
         outcome=_with_outcome,
-        reread=reread,
         render=render,
+    )
+
+
+def _with_outcome(order: OrderRead, outcome: OrderOutcome) -> OrderRead:
+    error = OrderError.model_validate(outcome.error) if outcome.error else None
+    return order.model_copy(
+        update={"status": outcome.status, "error": error, "updated_at": outcome.updated_at}
     )
 
 
@@ -128,7 +123,7 @@ async def create_order(
     if wait is None:
         return _order_response(order, status.HTTP_202_ACCEPTED, **headers)
 
-    def render(settled: OrderRead, _waited: bool) -> Response:
+    def render(settled: OrderRead) -> Response:
         code = status.HTTP_202_ACCEPTED if settled.status == OrderStatus.PENDING else status.HTTP_201_CREATED
         return _order_response(settled, code, **headers, **{"Preference-Applied": f"wait={wait:g}"})
 
@@ -180,7 +175,7 @@ async def get_order(
     if watch is None or order.status != OrderStatus.PENDING:
         return _order_response(order)
     wait = min(wait, settings.order_max_wait_seconds)
-    return _settling(request, watch, order, wait, owner, lambda settled, _: _order_response(settled))
+    return _settling(request, watch, order, wait, owner, _order_response)
 
 
 @router.put(

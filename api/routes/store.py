@@ -32,6 +32,7 @@ from api.outcomes import (
     SettlingResponse,
     Watches,
     preferred_wait,
+    settling,
 )
 from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
@@ -241,21 +242,16 @@ def _settling(
     watch: Watch,
     order: store.StoreOrder,
     wait: float,
-    render: Callable[[store.StoreOrder, bool], Response] = lambda o, _: outcome_response(o),
+    render: Callable[[store.StoreOrder], Response] = outcome_response,
 ) -> SettlingResponse[store.StoreOrder]:
     """Wait up to `wait` seconds for the order to settle (`api.outcomes`), then render it."""
-
-    async def reread() -> store.StoreOrder:
-        async with request.app.state.read_sessionmaker() as session:
-            return await session.run_sync(store.get_order, order.id)
-
-    return SettlingResponse(
+    return settling(
+        request,
         watch,
         order,
         wait,
-        status_of=lambda o: o.status,
+        read=lambda s: store.get_order(s, order.id),
         outcome=store.StoreOrder.with_outcome,
-        reread=reread,
         render=render,
     )
 
@@ -307,7 +303,7 @@ async def process_order(
     if preferred is not None:
         extra["Preference-Applied"] = f"wait={preferred:g}"
 
-    def render(settled: store.StoreOrder, _waited: bool) -> Response:
+    def render(settled: store.StoreOrder) -> Response:
         response = outcome_response(settled)
         response.headers.update(extra)
         return response

@@ -20,28 +20,27 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
 from psycopg.rows import namedtuple_row
-from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
 from core.db import statement_pool, utcnow
-from core.errors import Conflict, InsufficientStock, InvalidInput, ProductDiscontinued, ProductNotFound
+from core.errors import Conflict, InvalidInput
 from core.orders import service
+from core.orders.checks import unorderable
 from core.orders.models import OrderStatus
 from core.uow import effects_of
-
-UNIQUE_VIOLATION = "23505"
 
 
 @dataclass(frozen=True)
@@ -146,9 +145,6 @@ SELECT (SELECT id FROM new_order) AS order_id,
         FROM snap s) AS products
 """
 _PRIOR_KEY_SQL = "SELECT order_id, request_hash FROM idempotency_keys WHERE scope = :scope AND key = :key"
-#: For an ORM session (tests, or an edge without a statement pool).
-_INTAKE = text(_INTAKE_SQL)
-_PRIOR_KEY = text(_PRIOR_KEY_SQL)
 
 
 def _pyformat(sql: str) -> str:
@@ -156,7 +152,7 @@ def _pyformat(sql: str) -> str:
     return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
 
 
-#: For psycopg directly (the API's statement pool, `core.db.statement_pool`).
+#: The statements as psycopg runs them (`%(name)s` parameters).
 _INTAKE_PG = _pyformat(_INTAKE_SQL)
 _PRIOR_KEY_PG = _pyformat(_PRIOR_KEY_SQL)
 
@@ -201,11 +197,8 @@ async def submit_order(session: AsyncSession, request: OrderRequest) -> Intake:
         "request_id": audit.current_request_id(),
         "audit": json.dumps({"lines": len(request.lines), **request.audit_details}),
     }
-    pool = statement_pool(session.sync_session)
-    if pool is not None:
-        row, prior = await _run_on_pool(pool, params)
-    else:
-        row, prior = await _run_on_session(session, params)
+    async with _connection(session) as conn:
+        row, prior = await _run(conn, params)
     if prior is not None:
         return await _replay(session, request, prior.order_id, prior.request_hash, fingerprint)
     if row.order_id is None:
@@ -216,36 +209,34 @@ async def submit_order(session: AsyncSession, request: OrderRequest) -> Intake:
     return Intake(_view(row.order_id, request, _products(row.products), now), replayed=False)
 
 
-async def _run_on_pool(pool: AsyncConnectionPool, params: dict[str, Any]) -> tuple[Any, Any]:
+@asynccontextmanager
+async def _connection(session: AsyncSession) -> AsyncIterator[AsyncConnection[Any]]:
+    """The psycopg connection the statement runs on: one of the statement pool bound to the unit of
+    work (the API), else the session's own (which must then be in autocommit mode)."""
+    pool = statement_pool(session.sync_session)
+    if pool is not None:
+        async with pool.connection() as conn:
+            yield conn
+    else:
+        fairy = await (await session.connection()).get_raw_connection()
+        yield fairy.driver_connection
+
+
+async def _run(conn: AsyncConnection[Any], params: dict[str, Any]) -> tuple[Any, Any]:
     """(the intake statement's row, None), or (None, the prior key's row) when a concurrent first
     use of the same idempotency key won (the statement failed on the unique index)."""
-    async with pool.connection() as conn:
-        cursor = conn.cursor(row_factory=namedtuple_row)
-        try:
-            await cursor.execute(_INTAKE_PG, params)
-        except UniqueViolation:
-            if params["key"] is None:
-                raise
-            await cursor.execute(_PRIOR_KEY_PG, params)
-            prior = await cursor.fetchone()
-            if prior is not None:
-                return None, prior
-            await cursor.execute(_INTAKE_PG, params)  # the other request rolled back after all
-        return await cursor.fetchone(), None
-
-
-async def _run_on_session(session: AsyncSession, params: dict[str, Any]) -> tuple[Any, Any]:
-    """`_run_on_pool` through the ORM session (its own transaction unless in autocommit mode)."""
+    cursor = conn.cursor(row_factory=namedtuple_row)
     try:
-        return (await session.execute(_INTAKE, params)).one(), None
-    except IntegrityError as exc:
-        if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION or params["key"] is None:
+        await cursor.execute(_INTAKE_PG, params)
+    except UniqueViolation:
+        if params["key"] is None:
             raise
-        await session.rollback()  # a no-op in autocommit mode; ends the failed transaction otherwise
-        prior = (await session.execute(_PRIOR_KEY, params)).one_or_none()
+        await cursor.execute(_PRIOR_KEY_PG, params)
+        prior = await cursor.fetchone()
         if prior is not None:
             return None, prior
-        return (await session.execute(_INTAKE, params)).one(), None
+        await cursor.execute(_INTAKE_PG, params)  # the other request rolled back after all
+    return await cursor.fetchone(), None
 
 
 def _fingerprint(request: OrderRequest) -> str:
@@ -266,27 +257,20 @@ async def _replay(
     return Intake(order, replayed=True)
 
 
-def _products(raw: Any) -> dict[int, _Product]:
-    items = json.loads(raw) if isinstance(raw, str) else (raw or [])
+def _products(items: list[list[Any]] | None) -> dict[int, _Product]:
+    """The statement's `products` column (psycopg parses the JSON) by product id."""
     return {
         pid: _Product(pid, name, Decimal(price), stock, discontinued, manager_id)
-        for pid, name, price, stock, discontinued, manager_id in items
+        for pid, name, price, stock, discontinued, manager_id in items or []
     }
 
 
 def _raise_refusal(request: OrderRequest, products: dict[int, _Product]) -> None:
-    """Raise the reason the statement stored nothing, judged on the rows it read (the same order of
-    checks as `service.place_order`)."""
-    total = Decimal("0.00")
-    for product_id, quantity in request.lines:
-        product = products.get(product_id)
-        if product is None or (request.manager_id is not None and product.manager_id != request.manager_id):
-            raise ProductNotFound(product_id)
-        if product.discontinued:
-            raise ProductDiscontinued(product.id, product.name)
-        if product.stock < quantity:
-            raise InsufficientStock(product.id, product.name, product.stock, quantity)
-        total += product.price * quantity
+    """Raise the reason the statement stored nothing, judged on the rows it read."""
+    refusal = unorderable(request.lines, products, request.manager_id)
+    if refusal is not None:
+        raise refusal
+    total = sum((products[pid].price * qty for pid, qty in request.lines), Decimal("0.00"))
     if total > service.MAX_ORDER_TOTAL:
         raise service.total_too_large(total)
     raise InvalidInput("The order could not be stored; please send it again.")  # pragma: no cover

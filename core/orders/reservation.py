@@ -35,9 +35,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
-from core.errors import DomainError, InsufficientStock, ProductDiscontinued, ProductNotFound
 from core.events import OrderOutcome
 from core.orders import repository as repo
+from core.orders.checks import unorderable
 from core.orders.models import OrderStatus
 from core.products import cache
 from core.products import repository as products_repo
@@ -66,12 +66,13 @@ def reserve_orders(session: Session, order_ids: Iterable[int]) -> list[OrderOutc
     product_ids = sorted({pid for order in pending.values() for pid, _ in order.lines})
     products = products_repo.lock_for_reservation(session, product_ids)
     remaining = {pid: row.stock for pid, row in products.items()}
+    live = {pid: row for pid, row in products.items() if row.deleted_at is None}
 
     now = utcnow()
     outcomes: list[OrderOutcome] = []
     movements: list[dict[str, Any]] = []
     for order_id, order in pending.items():
-        error = _first_unreservable_line(order, products, remaining)
+        error = unorderable(order.lines, live, order.manager_id, remaining)
         if error is not None:
             outcomes.append(OrderOutcome(order_id, OrderStatus.REJECTED.value, error.to_dict(), now))
             continue
@@ -114,23 +115,3 @@ def _lock_pending_orders(session: Session, order_ids: Iterable[int]) -> dict[int
         if row.product_id is not None:
             order.lines.append((row.product_id, row.quantity))
     return pending
-
-
-def _first_unreservable_line(
-    order: _PendingOrder, products: dict[int, Any], remaining: dict[int, int]
-) -> DomainError | None:
-    """Why the order cannot be reserved in full (its first failing line in product-id order), or
-    None when every line can be. `remaining` is the stock still left in this batch."""
-    for product_id, quantity in order.lines:
-        product = products.get(product_id)
-        if (
-            product is None
-            or product.deleted_at is not None
-            or (order.manager_id is not None and product.manager_id != order.manager_id)
-        ):
-            return ProductNotFound(product_id)
-        if product.discontinued:
-            return ProductDiscontinued(product.id, product.name)
-        if remaining[product_id] < quantity:
-            return InsufficientStock(product.id, product.name, remaining[product_id], quantity)
-    return None

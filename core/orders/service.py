@@ -29,17 +29,15 @@ from core.audit.models import AuditAction, AuditEntity
 from core.db import utcnow
 from core.errors import (
     Conflict,
-    InsufficientStock,
     InvalidInput,
     InvalidStatus,
     InvalidStatusTransition,
     OrderNotFound,
-    ProductDiscontinued,
-    ProductNotFound,
 )
 from core.events import OrderOutcome
 from core.orders import repository as repo
 from core.orders import reservation
+from core.orders.checks import unorderable
 from core.orders.models import Order, OrderLine, OrderStatus
 from core.products import repository as products_repo
 from core.products.models import MovementReason
@@ -99,14 +97,9 @@ def place_order(
             return _replay(session, idempotency, fingerprint)
 
     products = products_repo.snapshot_for_order(session, [pid for pid, _ in lines])
-    for product_id, quantity in lines:
-        product = products.get(product_id)
-        if product is None or (manager_id is not None and product.manager_id != manager_id):
-            raise ProductNotFound(product_id)
-        if product.discontinued:
-            raise ProductDiscontinued(product.id, product.name)
-        if product.stock < quantity:
-            raise InsufficientStock(product.id, product.name, product.stock, quantity)
+    refusal = unorderable(lines, products, manager_id)
+    if refusal is not None:
+        raise refusal
 
     now = utcnow()
     order_lines = [

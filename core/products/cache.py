@@ -56,6 +56,11 @@ def new_version() -> str:
     return secrets.token_hex(8)
 
 
+def new_versions(manager_ids: Iterable[str]) -> dict[str, str]:
+    """`{version key: new random version}` for each manager: what an invalidation writes."""
+    return {version_key(manager_id): new_version() for manager_id in sorted(set(manager_ids))}
+
+
 # --- which managers a transaction touched ---------------------------------------------------------
 
 
@@ -132,10 +137,7 @@ def invalidate(manager_ids: Iterable[str]) -> None:
         memory.invalidate(managers)
         return
     try:
-        pipe = redisconn.client().pipeline(transaction=False)
-        for manager_id in managers:
-            pipe.set(version_key(manager_id), new_version())
-        pipe.execute()
+        redisconn.client().mset(new_versions(managers))
     except redis.RedisError as exc:
         log.warning(
             "listing cache not invalidated for %s (stale for up to %ss): %s",
