@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from api.auth import Authenticator
 from api.broker import AsyncTaskPublisher
 from api.dispatch import OrderDispatcher
+from api.docs import install_docs
 from api.effects import EffectRunner
 from api.errors import install_error_handlers
 from api.listing_cache import ListingCache
@@ -167,8 +168,9 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        # The public documentation is /docs and /openapi.json (CONTRACT.md); no ReDoc, and no OAuth2
-        # redirect page (the API has no OAuth2 flow).
+        # The public documentation is /docs (api.docs: Swagger UI from the installed package, no CDN)
+        # and /openapi.json (CONTRACT.md); no ReDoc, and no OAuth2 redirect page (no OAuth2 flow).
+        docs_url=None,
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
     )
@@ -184,6 +186,7 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
     app.include_router(users.router)
     app.include_router(audit.router)
     app.include_router(health.router)
+    install_docs(app)
     drop_validation_422(app)
     return app
 
