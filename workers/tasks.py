@@ -149,8 +149,7 @@ def sweep_pending_orders(older_than_seconds: float | None = None) -> int:
         ids = orders.stale_pending_orders(session, age)
     for batch in _chunks(ids, SWEEP_BATCH_SIZE):
         reserve_orders.apply_async((batch,))
-    if ids:
-        log.info("sweep re-sent %d pending orders", len(ids))
+    log.log(logging.INFO if ids else logging.DEBUG, "sweep re-sent %d pending orders", len(ids))
     return len(ids)
 
 
