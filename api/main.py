@@ -25,6 +25,7 @@ from api.middleware import RequestContextMiddleware
 from api.openapi import drop_validation_422
 from api.ratelimit import StoreRateLimitMiddleware
 from api.routes import audit, health, orders, products, store, users
+from api.trailing_slash import StripTrailingSlashMiddleware
 from api.waiters import OrderEventRelay
 from core.config import Settings, settings
 from core.db import make_async_engine, make_async_sessionmaker, make_statement_pool
@@ -173,12 +174,15 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
         docs_url=None,
         redoc_url=None,
         swagger_ui_oauth2_redirect_url=None,
+        # `/products/` is served as `/products` (api.trailing_slash), never redirected.
+        redirect_slashes=False,
     )
     app.state.settings = cfg
     install_error_handlers(app)
     # Starlette runs the last added middleware outermost: the request context wraps the rate limit.
     app.add_middleware(StoreRateLimitMiddleware, cfg=cfg)
     app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(StripTrailingSlashMiddleware)
     # Routes are matched in this order: the order path first (their paths overlap no other router's).
     app.include_router(orders.router)
     app.include_router(store.router)
