@@ -131,24 +131,66 @@ def create_user(
 
 @app.command()
 def demo(
-    products: Annotated[int, typer.Option(help="How many products to create")] = 300,
+    products: Annotated[int, typer.Option(help="How many products to create", min=1)] = 300,
 ) -> None:
-    """Load a demo catalog and print what to try next."""
+    """Load a demo catalogue (one transaction) and print commands to try it, one per line."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
     from core.demo import load_demo_catalog
 
     migrate()
-    created = load_demo_catalog(products)
-    console.print(f"[green]{created} demo products loaded[/]")
-    console.print(
-        "Next: start the API with an admin, e.g.\n"
-        "  FIRST_ADMIN_USERNAME=admin FIRST_ADMIN_PASSWORD=change-me-please orderflow serve\n"
-        "then\n"
-        "  curl -s -u admin:change-me-please 'localhost:8000/products?limit=5'\n"
-        "  curl -s -u admin:change-me-please -X POST localhost:8000/orders "
-        "-H 'content-type: application/json' -d '{\"product_id\": 1, \"quantity\": 2}'\n"
-        "  curl -s -u admin:change-me-please 'localhost:8000/orders/1?wait=5'\n"
-        "  open http://localhost:8000/docs (Authorize: Basic or a token from POST /login)"
+    started = time.monotonic()
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
     )
+    task = progress.add_task("loading demo products", total=products)
+
+    def on_progress(done: int, total: int) -> None:
+        # The bar appears only when the load takes longer than half a second.
+        if not progress.live.is_started and time.monotonic() - started > 0.5:
+            progress.start()
+        progress.update(task, completed=done)
+
+    try:
+        ids = load_demo_catalog(products, on_progress=on_progress)
+    finally:
+        progress.stop()
+    console.print(
+        f"[green]{len(ids)} demo products loaded[/] (ids {ids[0]}-{ids[-1]}) "
+        f"in {time.monotonic() - started:.1f} s"
+    )
+    for line in demo_hints(ids[0]):
+        # soft_wrap: a command is never broken across lines, whatever the terminal's width.
+        hints.print(line, soft_wrap=True, markup=False, highlight=False)
+
+
+#: The Quick start admin of README.md; the hints use its credentials.
+QUICK_START_ADMIN = ("admin", "choose-a-long-password")
+hints = Console(soft_wrap=True)
+
+
+def demo_hints(product_id: int, base_url: str = "localhost:8000") -> list[str]:
+    """What `orderflow demo` prints after loading: runnable lines (one command per line) that use the
+    Quick start admin of README.md and the first demo product."""
+    user, password = QUICK_START_ADMIN
+    auth = f"-u {user}:'{password}'"
+    return [
+        "Next, start the API as in README.md's Quick start (same directory, same settings):",
+        f"  FIRST_ADMIN_USERNAME={user} FIRST_ADMIN_PASSWORD='{password}' uv run orderflow serve",
+        "then, in another terminal:",
+        f"  curl -s {auth} '{base_url}/products?limit=5'",
+        f"  ORDER=$(curl -s {auth} -X POST {base_url}/orders -H 'content-type: application/json' "
+        f"""-d '{{"product_id": {product_id}, "quantity": 2}}' | jq .id)""",
+        f'  curl -s {auth} "{base_url}/orders/$ORDER?wait=5"',
+        f"Swagger UI: http://{base_url}/docs (Authorize: basicAuth with the same user and password)",
+    ]
 
 
 @app.command(

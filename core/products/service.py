@@ -50,6 +50,33 @@ def create_product(session: Session, data: ProductCreate, actor: str | None = No
     return product
 
 
+def create_products(session: Session, items: list[ProductCreate], actor: str | None = None) -> list[Product]:
+    """Create many products in one flush (batched INSERTs) and write their opening stock to the ledger
+    in one statement (reason `create`, as `create_product` does one by one). Returns the products in
+    the order of `items`, with their ids."""
+    now = utcnow()
+    products = [Product(**data.model_dump(), created_at=now, updated_at=now) for data in items]
+    session.add_all(products)
+    session.flush()
+    repo.add_movements(
+        session,
+        [
+            {
+                "product_id": product.id,
+                "delta": product.stock,
+                "stock_after": product.stock,
+                "reason": MovementReason.CREATE,
+                "order_id": None,
+                "actor": actor,
+                "at": now,
+            }
+            for product in products
+            if product.stock
+        ],
+    )
+    return products
+
+
 def update_product(
     session: Session, product_id: int, data: ProductUpdate, actor: str | None = None
 ) -> Product:

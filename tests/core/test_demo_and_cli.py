@@ -11,7 +11,7 @@ from core.products.models import Product, StockMovement
 
 
 def test_demo_catalog_is_loaded_through_the_ledger(db):
-    assert load_demo_catalog(25) == 25
+    assert len(load_demo_catalog(25)) == 25
     assert db.execute(select(func.count()).select_from(Product)).scalar_one() == 25
     stock = db.execute(select(func.sum(Product.stock))).scalar_one()
     ledger = db.execute(select(func.sum(StockMovement.delta))).scalar_one()
