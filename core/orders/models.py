@@ -20,6 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.db import Base, UTCDateTime, utcnow
+from core.types import MANAGER_ID_MAX_LENGTH
 from core.users.models import User  # noqa: F401 - registers `users`, the target of orders.user_id
 
 
@@ -54,7 +55,7 @@ class Order(Base):
     status: Mapped[str] = mapped_column(String(16), default=OrderStatus.PENDING.value)
     # Who placed it; null for orders placed outside the core API (the store API, the CLI).
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
-    manager_id: Mapped[str | None] = mapped_column(String(64))
+    manager_id: Mapped[str | None] = mapped_column(String(MANAGER_ID_MAX_LENGTH))
     customer: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     total_price: Mapped[Decimal] = mapped_column(Numeric(14, 2))
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -89,18 +90,24 @@ class OrderLine(Base):
     order: Mapped[Order] = relationship(back_populates="lines", lazy="raise")
 
 
+#: Width of `idempotency_keys.scope`: it holds `user:<id>`, `anonymous` or `store:<manager_id>`,
+#: so the longest manager id the API accepts must fit after `store:`.
+IDEMPOTENCY_SCOPE_MAX_LENGTH = len("store:") + MANAGER_ID_MAX_LENGTH
+
+
 class IdempotencyKey(Base):
     """An `Idempotency-Key` seen from one client scope, bound to the order it created.
 
-    `scope` is `user:<id>` for an authenticated user and `anonymous` otherwise; `request_hash` is the
-    SHA-256 of the canonical request body, so a reuse with another body is told apart (409).
+    `scope` is `user:<id>` for an authenticated user, `store:<manager_id>` for the store API and
+    `anonymous` otherwise; `request_hash` is the SHA-256 of the canonical request body, so a reuse
+    with another body is told apart (409).
     """
 
     __tablename__ = "idempotency_keys"
     __table_args__ = (UniqueConstraint("scope", "key", name="uq_idempotency_keys_scope_key"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    scope: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(IDEMPOTENCY_SCOPE_MAX_LENGTH))
     key: Mapped[str] = mapped_column(String(255))
     request_hash: Mapped[str] = mapped_column(String(64))
     order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))

@@ -19,6 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import Base, UTCDateTime, utcnow
+from core.types import MANAGER_ID_MAX_LENGTH
 
 # BIGINT on PostgreSQL, INTEGER (the rowid alias, so it autoincrements) on SQLite.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
@@ -43,7 +44,7 @@ class Product(Base):
     stock: Mapped[int] = mapped_column(Integer, default=0)
     low_stock_threshold: Mapped[int] = mapped_column(Integer, default=10)
     discontinued: Mapped[bool] = mapped_column(Boolean, default=False)
-    manager_id: Mapped[str | None] = mapped_column(String(64))
+    manager_id: Mapped[str | None] = mapped_column(String(MANAGER_ID_MAX_LENGTH))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     # Soft delete: a deleted product answers 404 everywhere, but its ledger and order lines stay.

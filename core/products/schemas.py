@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from core.types import Money, Quantity
+from core.types import MANAGER_ID_MAX_LENGTH, Money, Quantity
 
 
 class ProductCreate(BaseModel):
@@ -28,7 +28,7 @@ class ProductCreate(BaseModel):
     )
     low_stock_threshold: int = Field(default=10, ge=0, le=2_147_483_647, strict=True)
     discontinued: bool = Field(default=False, strict=True)
-    manager_id: str | None = Field(default=None, min_length=1, max_length=64)
+    manager_id: str | None = Field(default=None, min_length=1, max_length=MANAGER_ID_MAX_LENGTH)
 
 
 class ProductUpdate(BaseModel):
@@ -48,7 +48,7 @@ class ProductUpdate(BaseModel):
     )
     low_stock_threshold: int | None = Field(default=None, ge=0, le=2_147_483_647, strict=True)
     discontinued: bool | None = Field(default=None, strict=True)
-    manager_id: str | None = Field(default=None, min_length=1, max_length=64)
+    manager_id: str | None = Field(default=None, min_length=1, max_length=MANAGER_ID_MAX_LENGTH)
 
 
 class StockChange(BaseModel):

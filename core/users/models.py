@@ -9,6 +9,7 @@ from sqlalchemy import CheckConstraint, Index, Integer, String, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import Base, UTCDateTime, utcnow
+from core.types import MANAGER_ID_MAX_LENGTH
 
 
 class Role(StrEnum):
@@ -47,7 +48,7 @@ class User(Base):
     password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     #: The store API `manager_id` (e.g. `mgr_123`) this `manager` account acts for when
     #: `STORE_REQUIRE_AUTH=true`; set by an admin, unique, null when unbound (CONTRACT.md, "Store API").
-    manager_id: Mapped[str | None] = mapped_column(String(64))
+    manager_id: Mapped[str | None] = mapped_column(String(MANAGER_ID_MAX_LENGTH))
 
 
 Index("uq_users_username_lower", func.lower(User.username), unique=True)

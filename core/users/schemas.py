@@ -15,10 +15,11 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from core.types import MANAGER_ID_MAX_LENGTH
 from core.users.models import Role
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{3,50}$")
-MANAGER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MANAGER_ID_PATTERN = re.compile(rf"^[A-Za-z0-9_.:-]{{1,{MANAGER_ID_MAX_LENGTH}}}$")
 MIN_PASSWORD_BYTES = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit
 
@@ -33,7 +34,9 @@ def check_username(value: str) -> str:
 def check_manager_id(value: str | None) -> str | None:
     """`value` unchanged if it is None or a valid manager id; ValueError with a sentence otherwise."""
     if value is not None and not MANAGER_ID_PATTERN.fullmatch(value):
-        raise ValueError("Manager id must be 1-64 characters: letters, digits, '_', '.', ':' or '-'.")
+        raise ValueError(
+            f"Manager id must be 1-{MANAGER_ID_MAX_LENGTH} characters: letters, digits, '_', '.', ':' or '-'."
+        )
     return value
 
 
