@@ -18,6 +18,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.context import request_id_var
+from api.methods import allowed_methods
+from api.nul_characters import NUL_ERROR_TYPE
 from core.errors import DomainError, Unauthorized
 
 log = logging.getLogger("orderflow.api")
@@ -100,6 +102,8 @@ def _field_message(entity: str, err: dict[str, Any]) -> tuple[str, str]:
     human = field.replace("_", " ")
     if kind == "missing":
         text = f"{entity} {human} is required."
+    elif kind == NUL_ERROR_TYPE:
+        text = f"{entity} {human} {msg}."
     elif kind == "json_invalid":
         text = "The request body is not valid JSON."
         dotted = "body"
@@ -159,6 +163,8 @@ def _store_field_message(field: str, err: dict[str, Any]) -> str:
     msg = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
     if kind == "missing":
         return f"{field} is required."
+    if kind == NUL_ERROR_TYPE:
+        return f"{field} {msg}."
     if kind == "json_invalid":
         return "The request body is not valid JSON."
     if field == "body" and kind in {"model_attributes_type", "dict_type", "model_type"}:
@@ -263,11 +269,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
-        # FastAPI parses a JSON body before it solves the dependencies, so a body that is not JSON
-        # would be a 400 before authentication. Without credentials on a protected route it is the
-        # 401 the contract asks for instead.
+        # FastAPI parses a JSON body before it solves the dependencies, and the NUL check
+        # (`api.nul_characters`) runs before the route's own, so these two would be a 400 before
+        # authentication. Without credentials on a protected route they are the 401 the contract
+        # asks for instead.
         if (
-            any(e.get("type") == "json_invalid" for e in errors)
+            any(e.get("type") in ("json_invalid", NUL_ERROR_TYPE) for e in errors)
             and "authorization" not in request.headers
             and _needs_credentials(request.scope.get("route"))
         ):
@@ -287,8 +294,11 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         if exc.status_code == 400:
             title, code, message = "Invalid input", "INVALID_REQUEST", "The request is malformed."
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # RFC 9110, section 15.5.6: every method of the resource, not only the first route's.
+            allow = allowed_methods(request.app.router.routes, request.scope["path"])
+            headers["Allow"] = ", ".join(allow) or headers.get("Allow", "")
         return JSONResponse(
-            error_body(request.url.path, title, message, code),
-            exc.status_code,
-            headers=getattr(exc, "headers", None),
+            error_body(request.url.path, title, message, code), exc.status_code, headers=headers or None
         )

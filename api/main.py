@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from api.auth import Authenticator
 from api.broker import AsyncTaskPublisher
@@ -21,7 +21,9 @@ from api.docs import install_docs
 from api.effects import EffectRunner
 from api.errors import install_error_handlers
 from api.listing_cache import ListingCache
+from api.methods import install_fixed_path_methods
 from api.middleware import RequestContextMiddleware
+from api.nul_characters import reject_nul_characters
 from api.openapi import drop_validation_422
 from api.ratelimit import StoreRateLimitMiddleware
 from api.routes import audit, health, orders, products, store, users
@@ -176,6 +178,8 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
         swagger_ui_oauth2_redirect_url=None,
         # `/products/` is served as `/products` (api.trailing_slash), never redirected.
         redirect_slashes=False,
+        # One rule for every route, run before its own dependencies: no NUL character anywhere.
+        dependencies=[Depends(reject_nul_characters)],
     )
     app.state.settings = cfg
     install_error_handlers(app)
@@ -191,6 +195,7 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
     app.include_router(audit.router)
     app.include_router(health.router)
     install_docs(app)
+    install_fixed_path_methods(app)
     drop_validation_422(app)
     return app
 

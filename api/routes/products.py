@@ -21,10 +21,11 @@ from core.products.schemas import (
     StockChange,
     StockMovementRead,
 )
+from core.types import MANAGER_ID_MAX_LENGTH, MAX_ID, DecimalDigits
 
 router = APIRouter(prefix="/products", tags=["products"])
 
-ProductId = Annotated[int, Path(ge=1, le=2_147_483_647, description="Product id")]
+ProductId = Annotated[int, Path(ge=1, le=MAX_ID, description="Product id"), DecimalDigits]
 _404 = ["product_not_found"]
 _400 = ["invalid_input", "negative_stock"]
 
@@ -77,7 +78,7 @@ async def list_products(
     page: PageDep,
     _user: CurrentUser,
     q: Annotated[str | None, Query(max_length=200, description="Name contains (any case)")] = None,
-    manager_id: Annotated[str | None, Query(max_length=64)] = None,
+    manager_id: Annotated[str | None, Query(max_length=MANAGER_ID_MAX_LENGTH)] = None,
     discontinued: bool | None = None,
     in_stock: bool | None = None,
 ) -> list[ProductRead]:

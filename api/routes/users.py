@@ -19,13 +19,14 @@ from api.pagination import set_page_headers
 from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
 from core.errors import Unauthorized
+from core.types import MAX_ID, DecimalDigits
 from core.users import service
 from core.users.models import Role, User
 from core.users.schemas import TokenRead, UserCreate, UserRead, UserUpdate
 
 router = APIRouter(tags=["users"])
 
-UserId = Annotated[int, Path(ge=1, le=2_147_483_647, description="User id")]
+UserId = Annotated[int, Path(ge=1, le=MAX_ID, description="User id"), DecimalDigits]
 
 
 def _auth(request: Request) -> Authenticator:
