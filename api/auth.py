@@ -7,8 +7,15 @@ Every protected route depends on `current_principal`, which reads the `Authoriza
   at once, otherwise bcrypt decides, in a worker thread (never on the event loop) and with no
   database transaction held open meanwhile. An unknown user costs the same bcrypt check as a wrong
   password and gets the same 401.
-* `Bearer <jwt>`: the token is checked (HS256 only, `exp` required) and names the principal; no
-  database query.
+* `Bearer <jwt>`: the token is checked (HS256 only, `exp` required; the verified claims of a token
+  are remembered until it expires) and names a user id (`sub`). That user's row (username, role,
+  `password_changed_at`) comes from `AccountCache`, read at most once per user per
+  `AUTH_USER_CACHE_SECONDS` (default 5) per process, and once more for a token issued after the
+  remembered read; concurrent requests that need the same read share it. The token is refused
+  (`InvalidToken`) when its user no longer exists or changed their password after it was issued, and
+  the principal carries the stored role, not the token's. So within `AUTH_USER_CACHE_SECONDS` of a
+  password change or a deletion every older token is a 401 in every process, and a role change has
+  taken effect; the process that made the change forgets its entry at once.
 
 Failures raise `Unauthorized` (`WWW-Authenticate: Basic realm="orderflow"`) or, for a bad token,
 `InvalidToken` (`WWW-Authenticate: Bearer error="invalid_token"`). The two security schemes are
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -38,6 +46,9 @@ from core.config import Settings
 from core.errors import Unauthorized
 from core.users import service
 from core.users.security import (
+    AccessToken,
+    AccountCache,
+    AccountRead,
     CredentialCache,
     InvalidToken,
     PasswordChecker,
@@ -45,6 +56,7 @@ from core.users.security import (
     hash_cost,
     hash_password,
     issue_token,
+    principal_of_token,
     verify_token,
 )
 
@@ -61,7 +73,12 @@ basic_scheme = HTTPBase(
 bearer_scheme = HTTPBearer(
     scheme_name="bearerAuth",
     bearerFormat="JWT",
-    description="A token from `POST /login`, valid for `JWT_EXPIRES_SECONDS`.",
+    description=(
+        "A token from `POST /login`, valid for `JWT_EXPIRES_SECONDS` (default 1800). It grants the "
+        "user's current role, and a password change or the user's deletion ends it, each within "
+        "`AUTH_USER_CACHE_SECONDS` (default 5) seconds; then it is a 401 with "
+        '`WWW-Authenticate: Bearer error="invalid_token"`.'
+    ),
     auto_error=False,
 )
 
@@ -73,18 +90,21 @@ TOKEN_CACHE_SIZE = 10_000
 
 
 class Authenticator:
-    """Per-process authentication state: the signing key, the bcrypt checker and the cache."""
+    """Per-process authentication state: the signing key, the bcrypt checker, the verified-credential
+    cache (`cache`) and the cache of bearer tokens' users (`accounts`)."""
 
     def __init__(self, cfg: Settings) -> None:
         self.cfg = cfg
         self.secret = cfg.effective_jwt_secret
         self.cache = CredentialCache(cfg.auth_cache_seconds, cfg.auth_cache_max_entries)
+        self.accounts = AccountCache(cfg.auth_user_cache_seconds, cfg.auth_cache_max_entries)
+        self._account_reads: dict[int, tuple[float, asyncio.Future[AccountRead]]] = {}
         # bcrypt is CPU-bound: at most one check per core at a time, so that a flood of wrong
         # passwords cannot take every thread of the pool that other blocking calls need.
         self._bcrypt_slots = anyio.CapacityLimiter(os.cpu_count() or 1)
         self._flight_key = secrets.token_bytes(32)
         self._in_flight: dict[bytes, asyncio.Future[bool]] = {}
-        self._tokens: dict[str, tuple[Principal, float]] = {}
+        self._tokens: dict[str, AccessToken] = {}
 
     @cached_property
     def checker(self) -> PasswordChecker:
@@ -103,11 +123,16 @@ class Authenticator:
 
     async def basic(self, session: AsyncSession, username: str, password: str) -> Principal:
         """The principal whose credentials these are; `Unauthorized` otherwise (same message and,
-        within bcrypt's noise, the same time for an unknown user and a wrong password).
+        within bcrypt's noise, the same time for an unknown user and a wrong password). Its
+        `authenticated_at` is the moment just before the row was read, which a token issued to it
+        takes as `iat`.
 
         A hash made with another cost than `BCRYPT_ROUNDS` is replaced after a successful check, so
         that every stored hash ends up costing what the dummy hash costs."""
+        read_at = time.time()
         found = await session.run_sync(service.credentials_of, username)
+        if found is not None:
+            found = (dataclasses.replace(found[0], authenticated_at=read_at), found[1])
         if found is not None and self.cache.verified(found[0].id, found[1], password):
             return found[0]
         # No transaction (nor, on SQLite, the write lock) stays open during the slow check.
@@ -162,21 +187,67 @@ class Authenticator:
         pending.set_result(result)
         return result
 
-    def bearer(self, token: str) -> Principal:
-        """The principal of a valid bearer token; `InvalidToken` otherwise. A verified token is
+    def verified_token(self, token: str) -> AccessToken:
+        """The claims of a valid bearer token; `InvalidToken` otherwise. A verified token is
         remembered until it expires (at most `TOKEN_CACHE_SIZE` of them), so a client that sends the
         same token on every request pays for the HMAC check once."""
         now = time.time()
         known = self._tokens.get(token)
-        if known is not None and known[1] > now:
-            return known[0]
-        principal, expires = verify_token(token, self.secret)
+        if known is not None and known.expires_at > now:
+            return known
+        claims = verify_token(token, self.secret)
         if len(self._tokens) >= TOKEN_CACHE_SIZE:
-            self._tokens = {t: v for t, v in self._tokens.items() if v[1] > now}
+            self._tokens = {t: c for t, c in self._tokens.items() if c.expires_at > now}
             if len(self._tokens) >= TOKEN_CACHE_SIZE:
                 self._tokens.clear()
-        self._tokens[token] = (principal, expires)
-        return principal
+        self._tokens[token] = claims
+        return claims
+
+    async def bearer(self, session: AsyncSession, token: str) -> Principal:
+        """The principal of a valid bearer token whose user exists and has not changed their password
+        since it was issued, with the user's stored role; `InvalidToken` otherwise. The user's row
+        comes from `accounts` (no query on a hit) or is read with `session`."""
+        claims = self.verified_token(token)
+        read = self.accounts.fresh(claims.user_id, claims.issued_at)
+        if read is None:
+            read = await self._read_account(session, claims.user_id, claims.issued_at)
+        return principal_of_token(claims.issued_at, read.account)
+
+    async def _read_account(self, session: AsyncSession, user_id: int, issued_at: float) -> AccountRead:
+        """Read the user's row and remember it. Requests that need the same user while a read is in
+        flight wait for it ("single flight") when it started after their token was issued, so a
+        burst of requests at the end of a TTL costs one query."""
+        caching = self.accounts.ttl > 0
+        flight = self._account_reads.get(user_id) if caching else None
+        if flight is not None and flight[0] >= issued_at:
+            try:
+                return await asyncio.shield(flight[1])
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not flight[1].cancelled() or (task is not None and task.cancelling()):
+                    raise
+            # The first reader went away (or failed): read here.
+        read_at = time.time()
+        pending: asyncio.Future[AccountRead] = asyncio.get_running_loop().create_future()
+        if caching:
+            self._account_reads[user_id] = (read_at, pending)
+        try:
+            account = await session.run_sync(service.account_of, user_id)
+        except BaseException:
+            pending.cancel()
+            raise
+        finally:
+            if self._account_reads.get(user_id, (0.0, None))[1] is pending:
+                del self._account_reads[user_id]
+        read = AccountRead(account, read_at)
+        self.accounts.remember(user_id, read)
+        pending.set_result(read)
+        return read
+
+    def forget(self, user_id: int) -> None:
+        """Drop what this process remembers of the user (their password or role just changed)."""
+        self.cache.forget(user_id)
+        self.accounts.forget(user_id)
 
     def issue(self, principal: Principal) -> str:
         return issue_token(principal, self.secret, self.cfg.jwt_expires_seconds)
@@ -214,7 +285,7 @@ async def authenticate(request: Request, session: AsyncSession) -> Principal | N
     if scheme.lower() == "bearer":
         if not param.strip():
             raise InvalidToken("The Bearer token is empty.")
-        principal = auth.bearer(param.strip())
+        principal = await auth.bearer(session, param.strip())
     elif scheme.lower() == "basic":
         principal = await auth.basic(session, *parse_basic(param))
     else:

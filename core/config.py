@@ -48,6 +48,16 @@ class Settings(BaseSettings):
         description="How long a verified Basic credential is remembered; 0 = bcrypt on every request",
     )
     auth_cache_max_entries: int = Field(default=10_000, ge=1)
+    auth_user_cache_seconds: float = Field(
+        default=5,
+        ge=0,
+        le=300,
+        description=(
+            "How long a bearer token's user (role, last password change, existence) is remembered per "
+            "process: a password change or a deleted user ends older tokens, and a role change takes "
+            "effect, within this bound; 0 = read on every request"
+        ),
+    )
 
     store_rate_limit: str = "100/hour"
     store_require_auth: bool = Field(

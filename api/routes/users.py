@@ -112,8 +112,10 @@ async def update_user(
     """`{"password": "..."}` (the user or an admin) and/or `{"role": "manager"}` (admins) and/or
     `{"manager_id": "mgr_123"}` (admins; only on a `manager` account, else 400; `null` unbinds; an
     id bound to another user -> 409; a user who stops being a manager is unbound). A new password
-    takes effect at once in every API process (cached Basic credentials stop matching); bearer
-    tokens already issued stay valid until they expire."""
+    takes effect at once for Basic credentials in every API process (cached ones stop matching);
+    bearer tokens issued before it are a 401 within `AUTH_USER_CACHE_SECONDS` (default 5) in every
+    process, at once in this one. A new role is what the user's bearer tokens grant within the same
+    bound."""
     auth = _auth(request)
     manager_id = body.manager_id if body.manager_id_given else service.KEEP
     # Answer 404/403/400 before paying for a bcrypt hash.
@@ -145,7 +147,7 @@ async def update_user(
     user = await session.run_sync(update)
     result = UserRead.model_validate(user)
     await session.commit()
-    auth.cache.forget(user_id)
+    auth.forget(user_id)
     return result
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -9,6 +11,9 @@ from sqlalchemy.orm import Session
 
 from core.db import utcnow
 from core.users.models import Role, User
+
+#: The largest id `users.id` (an `integer` column) can hold.
+MAX_USER_ID = 2**31 - 1
 
 
 def get(session: Session, user_id: int) -> User | None:
@@ -88,6 +93,19 @@ def manager_id_of(session: Session, user_id: int) -> str | None:
     """The manager id bound to the user; None when unbound or when there is no such user. A column
     query (no ORM identity map), read on every store request when `STORE_REQUIRE_AUTH=true`."""
     return session.execute(select(User.manager_id).where(User.id == user_id)).scalar_one_or_none()
+
+
+def token_subject(session: Session, user_id: int) -> tuple[str, str, datetime] | None:
+    """`(username, role, password_changed_at)` of the user, or None. A column query by primary key
+    (no ORM identity map, so a row changed since is read as it is now): bearer tokens are checked
+    against it (`core.users.security.AccountCache` keeps it for a few seconds). An id above
+    `MAX_USER_ID` names no user and is answered without a query (PostgreSQL would refuse to compare
+    it with an `integer` column)."""
+    if not 1 <= user_id <= MAX_USER_ID:
+        return None
+    stmt = select(User.username, User.role, User.password_changed_at).where(User.id == user_id)
+    row = session.execute(stmt).first()
+    return None if row is None else (row[0], row[1], row[2])
 
 
 def credentials(session: Session, username: str) -> tuple[int, str, str, str] | None:

@@ -13,19 +13,28 @@
 * Unknown usernames are checked against a dummy hash of the same cost, so an unknown user and a wrong
   password take the same time and get the same 401 (OWASP Authentication Cheat Sheet).
 * Tokens are JWTs (RFC 7519) signed with HS256 and `JWT_SECRET_KEY`; decoding pins the algorithm
-  (an `alg: none` or RS256 token is refused) and requires `exp`, `iat` and `sub`.
+  (an `alg: none` or RS256 token is refused) and requires `exp`, `iat` and `sub` (a user id: a positive
+  int64 in decimal). `iat` is the moment the credentials were read from the database at login, with
+  microseconds (RFC 7519 section 2 allows a non-integer NumericDate), so that it can be compared with
+  the user's `password_changed_at`.
+* A token is only as good as its user: `principal_of_token` accepts it while its user exists and has
+  not changed their password since `iat`, and hands out the user's stored role, not the one the token
+  claims. `AccountCache` keeps the rows it needs per process for `AUTH_USER_CACHE_SECONDS`, so that
+  the check costs at most one indexed read per user per that many seconds; that is also the bound on
+  how long an older token outlives a password change, a deletion or a role change.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import bcrypt
@@ -36,17 +45,27 @@ from core.users.models import Role
 
 JWT_ALGORITHM = "HS256"
 _REQUIRED_CLAIMS = ["exp", "iat", "sub"]
+#: The largest user id a token's `sub` may name (PostgreSQL `bigint`).
+INT64_MAX = 2**63 - 1
+#: A token's `sub`: decimal digits only, no sign, no leading zero, no spaces (RFC 7519 section 4.1.2
+#: makes it a string; `int()` alone would also take " 7", "+7", "0_7" and non-ASCII digits).
+_SUBJECT = re.compile(r"[1-9][0-9]{0,18}")
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is making a request: `id`, `username` and `role`, from the database or a token.
-    `from_token` is True when the role is what a bearer token claimed at login (it may be stale)."""
+    """Who is making a request: `id`, `username` and `role`, as stored when they were read.
+
+    `from_token` is True for a bearer token's user (its row may be up to `AUTH_USER_CACHE_SECONDS`
+    old); `authenticated_at` is when the credentials were checked against the stored user (seconds
+    since the epoch: the token's `iat`, or for Basic the moment the row was read), None for a
+    principal made by hand."""
 
     id: int
     username: str
     role: Role
     from_token: bool = field(default=False, compare=False)
+    authenticated_at: float | None = field(default=None, compare=False)
 
     @property
     def is_staff(self) -> bool:
@@ -159,29 +178,69 @@ class CredentialCache:
 # --- tokens --------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class AccessToken:
+    """The verified claims of a bearer token: `user_id` (`sub`), the `username` and `role` it claims
+    (informational: authorisation uses the stored role), `issued_at` (`iat`) and `expires_at`
+    (`exp`), both in seconds since the epoch."""
+
+    user_id: int
+    username: str
+    role: Role
+    issued_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Account:
+    """What a bearer token is checked against: the user as stored now (`id`, `username`, `role`) and
+    `password_changed_at` (seconds since the epoch; set when the user is created and on every password
+    change)."""
+
+    id: int
+    username: str
+    role: Role
+    password_changed_at: float
+
+
+@dataclass(frozen=True)
+class AccountRead:
+    """An `Account` (None: no such user) and `read_at`, the wall-clock time (seconds since the epoch)
+    taken just before it was read, so the row is at least as new as `read_at`."""
+
+    account: Account | None
+    read_at: float
+
+
 def issue_token(principal: Principal, secret: str, expires_seconds: int, now: datetime | None = None) -> str:
     """A signed JWT with `sub` (the user id, a string per RFC 7519), `username`, `role`, `iat` and
-    `exp` (`iat` + `expires_seconds`)."""
-    issued = now or datetime.now(UTC)
+    `exp` (`iat` + `expires_seconds`).
+
+    `iat` is `now` when given, else `principal.authenticated_at` (for a login: the moment the
+    credentials were read, so a password change that lands while bcrypt runs still ends the token),
+    else the current time; in seconds since the epoch with microseconds."""
+    if now is not None:
+        issued = now.timestamp()
+    elif principal.authenticated_at is not None:
+        issued = principal.authenticated_at
+    else:
+        issued = time.time()
     claims = {
         "sub": str(principal.id),
         "username": principal.username,
         "role": principal.role.value,
         "iat": issued,
-        "exp": issued + timedelta(seconds=expires_seconds),
+        "exp": issued + expires_seconds,
     }
     return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM)
 
 
-def decode_token(token: str, secret: str) -> Principal:
-    """The principal a valid token names. Raises `InvalidToken` when the token is malformed, its
+def verify_token(token: str, secret: str) -> AccessToken:
+    """The claims of a validly signed token. Raises `InvalidToken` when the token is malformed, its
     signature does not match `secret`, its algorithm is not HS256, it has expired, or a required
-    claim (`exp`, `iat`, `sub`, `username`, `role`) is missing or of the wrong shape."""
-    return verify_token(token, secret)[0]
-
-
-def verify_token(token: str, secret: str) -> tuple[Principal, float]:
-    """`decode_token`, and the token's expiry (`exp`, seconds since the epoch)."""
+    claim (`exp`, `iat`, `sub`, `username`, `role`) is missing or of the wrong shape (`sub` must be a
+    positive int64 in decimal, `role` one of `Role`). Whether its user still exists is
+    `principal_of_token`'s question."""
     try:
         claims: dict[str, Any] = jwt.decode(
             token, secret, algorithms=[JWT_ALGORITHM], options={"require": _REQUIRED_CLAIMS}
@@ -190,13 +249,85 @@ def verify_token(token: str, secret: str) -> tuple[Principal, float]:
         raise InvalidToken("The access token has expired; log in again.") from exc
     except jwt.PyJWTError as exc:
         raise InvalidToken("The access token is invalid.") from exc
+    subject = claims["sub"]
+    if not isinstance(subject, str) or not _SUBJECT.fullmatch(subject) or int(subject) > INT64_MAX:
+        raise InvalidToken("The access token is invalid: its subject is not a user id.")
     try:
-        principal = Principal(
-            id=int(claims["sub"]),
+        return AccessToken(
+            user_id=int(subject),
             username=str(claims["username"]),
             role=Role(claims["role"]),
-            from_token=True,
+            issued_at=float(claims["iat"]),
+            expires_at=float(claims["exp"]),
         )
-        return principal, float(claims["exp"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise InvalidToken("The access token is invalid.") from exc
+
+
+def principal_of_token(issued_at: float, account: Account | None) -> Principal:
+    """The principal a verified token issued at `issued_at` (its `iat`) stands for: its user as
+    stored (`account`), with the stored username and role, never the ones the token claims.
+
+    Raises `InvalidToken` when the user no longer exists (`account` None) or changed their password
+    after the token was issued (`iat` before `password_changed_at`). A role change leaves the token
+    a valid login whose powers are those of the new role (CONTRACT.md, "Users and authentication":
+    a role or password change ends the powers of tokens issued before it)."""
+    if account is None:
+        raise InvalidToken("The user of this access token no longer exists.")
+    if issued_at < account.password_changed_at:
+        raise InvalidToken("The password was changed after this access token was issued; log in again.")
+    return Principal(
+        id=account.id,
+        username=account.username,
+        role=account.role,
+        from_token=True,
+        authenticated_at=issued_at,
+    )
+
+
+class AccountCache:
+    """Per-process memory of `AccountRead`s by user id, each for `ttl` seconds (0 turns it off), at
+    most `max_entries` users (the least recently used go first).
+
+    `fresh` answers only with a read at least as new as the token asking (`read_at >= iat`): a token
+    issued after the row was read (a new login, a user created since) makes the caller read again,
+    so the remembered row can be stale only towards tokens older than it, and by at most `ttl`
+    seconds. Used from one event loop; not thread-safe."""
+
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[int, tuple[AccountRead, float]] = OrderedDict()
+
+    def fresh(self, user_id: int, issued_at: float) -> AccountRead | None:
+        """The remembered read of `user_id` when it is younger than `ttl` and not older than
+        `issued_at` (seconds since the epoch); None otherwise (the caller reads the row)."""
+        entry = self._entries.get(user_id)
+        if entry is None:
+            return None
+        read, expires = entry
+        if expires <= time.monotonic():
+            del self._entries[user_id]
+            return None
+        if read.read_at < issued_at:
+            return None
+        self._entries.move_to_end(user_id)
+        return read
+
+    def remember(self, user_id: int, read: AccountRead) -> None:
+        if self.ttl <= 0:
+            return
+        current = self._entries.get(user_id)
+        if current is not None and current[0].read_at > read.read_at:
+            return  # a newer read finished first
+        self._entries[user_id] = (read, time.monotonic() + self.ttl)
+        self._entries.move_to_end(user_id)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def forget(self, user_id: int) -> None:
+        """Drop the user's entry (this process changed their password or role)."""
+        self._entries.pop(user_id, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -30,7 +30,7 @@ from core.errors import Conflict, Forbidden, InvalidInput, UserNotFound
 from core.users import repository as repo
 from core.users.models import Role, User
 from core.users.schemas import check_password, check_username
-from core.users.security import Principal
+from core.users.security import Account, Principal, principal_of_token
 
 
 def settings_problems(cfg: Settings) -> list[str]:
@@ -48,10 +48,6 @@ def settings_problems(cfg: Settings) -> list[str]:
             except ValueError as exc:
                 problems.append(f"FIRST_ADMIN: {exc}")
     return problems
-
-
-def principal_of(user: User) -> Principal:
-    return Principal(id=user.id, username=user.username, role=Role(user.role))
 
 
 class _Keep(Enum):
@@ -244,8 +240,25 @@ def replace_password_hash(session: Session, user_id: int, old_hash: str, new_has
     return repo.swap_password_hash(session, user_id, old_hash, new_hash)
 
 
+def account_of(session: Session, user_id: int) -> Account | None:
+    """What a bearer token of `user_id` is checked against (`core.users.security.principal_of_token`):
+    the stored username, role and time of the last password change; None when there is no such user."""
+    row = repo.token_subject(session, user_id)
+    if row is None:
+        return None
+    username, role, password_changed_at = row
+    return Account(
+        id=user_id, username=username, role=Role(role), password_changed_at=password_changed_at.timestamp()
+    )
+
+
 def current_principal(session: Session, principal: Principal) -> Principal | None:
-    """`principal` with the role stored now (None when the user no longer exists): user management
-    trusts the database, not the role a token claimed at login."""
-    user = repo.get(session, principal.id)
-    return None if user is None else principal_of(user)
+    """`principal` as stored now, read past any cache (user management trusts the database at once,
+    not a row that may be `AUTH_USER_CACHE_SECONDS` old): None when the user no longer exists; for a
+    bearer token's principal, `InvalidToken` when the password changed after the token was issued."""
+    account = account_of(session, principal.id)
+    if account is None:
+        return None
+    if principal.from_token and principal.authenticated_at is not None:
+        return principal_of_token(principal.authenticated_at, account)
+    return Principal(id=account.id, username=account.username, role=account.role)
