@@ -30,7 +30,7 @@ from core.users.models import Role
 from core.users.security import Principal, issue_token
 from tests.api.test_orders import wait_for_idle_queue
 from tests.api.test_store import CONTRACT_BATCH, assert_store_error
-from tests.conftest import ADMIN, TestUser, basic_header, create_product, make_user
+from tests.conftest import ADMIN, basic_header, create_product, make_user
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
 
@@ -370,7 +370,7 @@ async def test_bearer_reads_a_users_row_at_most_once_per_bound(client, count_use
 
 
 async def test_auth_user_cache_seconds_zero_reads_the_row_on_every_request(client, count_user_reads):
-    user: TestUser = make_user(Role.CUSTOMER)
+    user = make_user(Role.CUSTOMER)
     async with second_app(auth_user_cache_seconds=0) as (_, c):
         token = await login(c, user.username, user.password)
         count_user_reads.clear()
