@@ -2,18 +2,23 @@
 invalidate them): look an answer up under the manager's current version, store a computed one.
 
 A Redis fault never fails a request: the listing is then read from the database (`X-Cache: MISS`)
-and not stored, and the fault is logged at most once every 30 seconds.
+and not stored, and the fault is logged at most once every 30 seconds. A lookup or a store waits at
+most `timeout` seconds (`REDIS_TIMEOUT_SECONDS`) on Redis in all; after one failed, the cache is
+skipped for a second (`core.redisconn.Availability`, shared with the store rate limit).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from core.config import settings
 from core.products import cache
+from core.redisconn import Availability
 
 log = logging.getLogger("orderflow.api")
 
@@ -22,11 +27,21 @@ _QUIET_SECONDS = 30.0
 
 class ListingCache:
     """`lookup` then, on a miss, `store` with the version `lookup` returned. `redis` None means the
-    embedded default (process memory); `ttl` 0 turns the cache off (every lookup misses)."""
+    embedded default (process memory); `ttl` 0 turns the cache off (every lookup misses). `timeout`
+    (seconds) bounds each lookup and store; `availability` is the Redis server's (default: one of
+    this cache's own)."""
 
-    def __init__(self, redis: aioredis.Redis | None, ttl: float) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis | None,
+        ttl: float,
+        timeout: float = settings.redis_timeout_seconds,
+        availability: Availability | None = None,
+    ) -> None:
         self._redis = redis
         self._ttl = ttl
+        self._timeout = timeout
+        self._availability = availability or Availability()
         self._last_warning = 0.0
 
     @property
@@ -35,25 +50,32 @@ class ListingCache:
 
     async def lookup(self, manager_id: str, status: str) -> tuple[str | None, bytes | None]:
         """(version, cached body or None). The version is None when the cache is off or Redis
-        failed: then nothing is to be stored."""
+        failed or is being skipped: then nothing is to be stored."""
         if not self.enabled:
             return None, None
         if self._redis is None:
             version = cache.memory.version(manager_id)
             return version, cache.memory.get(cache.entry_key(manager_id, version, status))
-        try:
-            raw = await self._redis.get(cache.version_key(manager_id))
-            if raw is None:
-                # First read of this manager (or the key was evicted): start a fresh version.
-                await self._redis.set(cache.version_key(manager_id), cache.new_version(), nx=True)
-                raw = await self._redis.get(cache.version_key(manager_id))
-                if raw is None:
-                    return None, None
-            version = raw.decode()
-            return version, await self._redis.get(cache.entry_key(manager_id, version, status))
-        except RedisError as exc:
-            self._warn(exc)
+        if self._availability.skipping:
             return None, None
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._lookup(self._redis, manager_id, status)
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._failed(exc)
+            return None, None
+
+    @staticmethod
+    async def _lookup(redis: aioredis.Redis, manager_id: str, status: str) -> tuple[str | None, bytes | None]:
+        raw = await redis.get(cache.version_key(manager_id))
+        if raw is None:
+            # First read of this manager (or the key was evicted): start a fresh version.
+            await redis.set(cache.version_key(manager_id), cache.new_version(), nx=True)
+            raw = await redis.get(cache.version_key(manager_id))
+            if raw is None:
+                return None, None
+        version = raw.decode()
+        return version, await redis.get(cache.entry_key(manager_id, version, status))
 
     async def store(self, manager_id: str, status: str, version: str | None, body: bytes) -> None:
         """Keep `body` under `version` for `ttl` seconds (nothing when `version` is None)."""
@@ -63,13 +85,22 @@ class ListingCache:
         if self._redis is None:
             cache.memory.put(key, body, self._ttl)
             return
+        if self._availability.skipping:
+            return
         try:
-            await self._redis.set(key, body, px=max(1, int(self._ttl * 1000)))
-        except RedisError as exc:
-            self._warn(exc)
+            async with asyncio.timeout(self._timeout):
+                await self._redis.set(key, body, px=max(1, int(self._ttl * 1000)))
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._failed(exc)
 
-    def _warn(self, exc: Exception) -> None:
+    def _failed(self, exc: BaseException) -> None:
+        self._availability.failed()
+        self._warn(exc)
+
+    def _warn(self, exc: BaseException) -> None:
         now = time.monotonic()
         if now - self._last_warning >= _QUIET_SECONDS:
             self._last_warning = now
-            log.warning("store listing cache unavailable, reading the database: %s", exc)
+            log.warning(
+                "store listing cache unavailable, reading the database: %s", exc or type(exc).__name__
+            )

@@ -11,7 +11,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI
 
 from api.auth import Authenticator
@@ -29,6 +28,7 @@ from api.ratelimit import StoreRateLimitMiddleware
 from api.routes import audit, health, orders, products, store, users
 from api.trailing_slash import StripTrailingSlashMiddleware
 from api.waiters import OrderEventRelay
+from core import redisconn
 from core.config import Settings, settings
 from core.db import make_async_engine, make_async_sessionmaker, make_statement_pool
 from core.logging import configure_logging
@@ -122,13 +122,9 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
         if app.state.statement_pool is not None:
             await app.state.statement_pool.open()
         await ensure_first_admin(app, cfg)
-        # Bounded socket waits: a frozen Redis costs a request (listing cache, queue depth) at most 1 s;
-        # the after-commit effects and the order publish have shorter timeouts of their own.
-        app.state.redis = (
-            aioredis.Redis.from_url(cfg.redis_url, socket_timeout=1, socket_connect_timeout=1)
-            if cfg.redis_url
-            else None
-        )
+        # Socket timeouts and retries from the settings (core.redisconn); each wait of a request on
+        # Redis has its own shorter bound (REDIS_TIMEOUT_SECONDS, REDIS_EFFECT_TIMEOUT_SECONDS).
+        app.state.redis = redisconn.async_client(cfg) if cfg.redis_url else None
         app.state.dispatcher = OrderDispatcher(
             AsyncTaskPublisher(app.state.redis, cfg.broker_publish_timeout_seconds)
             if app.state.redis is not None
@@ -139,7 +135,12 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
         app.state.effects = EffectRunner(
             app.state.dispatcher, app.state.redis, cfg.redis_effect_timeout_seconds
         )
-        app.state.listing_cache = ListingCache(app.state.redis, cfg.store_cache_seconds)
+        app.state.listing_cache = ListingCache(
+            app.state.redis,
+            cfg.store_cache_seconds,
+            cfg.redis_timeout_seconds,
+            redisconn.availability(cfg.redis_url) if cfg.redis_url else None,
+        )
         relay = OrderEventRelay(cfg.redis_url) if cfg.redis_url else None
         if relay is not None:
             relay.start()

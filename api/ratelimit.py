@@ -37,15 +37,17 @@ section 10.2.3; whole seconds, at least 1, equal to `RateLimit-Reset`).
 The body is read here (to find `manager_id`) and replayed to the app; it is capped at 1 MiB, above
 which the answer is 413 `PAYLOAD_TOO_LARGE` without reading further.
 
-Redis unreachable: the request is served without a limit and without the headers (fail open: the
-limit protects the service, it must not be the reason the service is down), a warning is logged at
-most every 30 s, and `orderflow_store_rate_limit_unavailable_total` counts the requests. After a
-failure the limiter is not tried again for one second, so a Redis that does not answer costs at most
-one socket timeout per second rather than one per request.
+Redis unreachable or not answering: the request is served without a limit and without the headers
+(fail open: the limit protects the service, it must not be the reason the service is down), a warning
+is logged at most every 30 s, and `orderflow_store_rate_limit_unavailable_total` counts the requests.
+The check waits at most `REDIS_TIMEOUT_SECONDS` (default 0.25 s) on Redis; after a failure neither
+the limiter nor the listing cache asks Redis again for one second (`core.redisconn.Availability`),
+so a frozen Redis costs a request at most that bound, and the process at most one bound per second.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -64,6 +66,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import metrics
 from api.errors import internal_error_body, is_store_path, store_envelope
 from api.middleware import header
+from core import redisconn
 from core.config import Settings, settings
 
 log = logging.getLogger("orderflow.ratelimit")
@@ -72,10 +75,6 @@ log = logging.getLogger("orderflow.ratelimit")
 MAX_BODY_BYTES = 1024 * 1024
 #: Longest `manager_id` used as a rate-limit key; a longer one counts as no manager id.
 MAX_MANAGER_ID_CHARS = 64
-#: Socket timeouts of the limiter's Redis connections, in seconds.
-REDIS_TIMEOUT_SECONDS = 1.0
-#: After a storage failure, requests skip the limiter (fail open) for this long, in seconds.
-RETRY_STORAGE_AFTER_SECONDS = 1.0
 #: At most one "limiter unavailable" warning per this many seconds.
 WARN_EVERY_SECONDS = 30.0
 
@@ -97,12 +96,11 @@ def limits_storage_uri(redis_url: str) -> str:
     return f"{mapped}://{rest}"
 
 
-def redis_pool(redis_url: str) -> aioredis.ConnectionPool:
-    """The limiter's Redis connections, with short socket timeouts so that an unreachable Redis
-    fails fast (and the request is served: fail open)."""
-    return aioredis.ConnectionPool.from_url(
-        redis_url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
-    )
+def redis_pool(redis_url: str, cfg: Settings = settings) -> aioredis.ConnectionPool:
+    """The limiter's Redis connections, with orderflow's socket timeouts and retry rule
+    (`core.redisconn.async_client_options`); each check is bounded by `REDIS_TIMEOUT_SECONDS` on
+    top of them."""
+    return aioredis.ConnectionPool.from_url(redis_url, **redisconn.async_client_options(cfg))
 
 
 def make_storage(cfg: Settings, pool: aioredis.ConnectionPool | None = None) -> Storage:
@@ -112,7 +110,7 @@ def make_storage(cfg: Settings, pool: aioredis.ConnectionPool | None = None) -> 
     if cfg.redis_url is None:
         return MemoryStorage()
     if pool is None:
-        pool = redis_pool(cfg.redis_url)
+        pool = redis_pool(cfg.redis_url, cfg)
     return RedisStorage(
         limits_storage_uri(cfg.redis_url),
         implementation="redispy",
@@ -197,13 +195,13 @@ class StoreRateLimitMiddleware:
         self.item: RateLimitItem = parse(cfg.store_rate_limit)
         self._pool: aioredis.ConnectionPool | None = None
         self._limiter: MovingWindowRateLimiter | None = None
-        self._skip_until = 0.0
+        self._availability = redisconn.availability(cfg.redis_url) if cfg.redis_url else None
         self._last_warning = -math.inf
 
     @property
     def limiter(self) -> MovingWindowRateLimiter:
         if self._limiter is None:
-            self._pool = redis_pool(self.cfg.redis_url) if self.cfg.redis_url else None
+            self._pool = redis_pool(self.cfg.redis_url, self.cfg) if self.cfg.redis_url else None
             self._limiter = MovingWindowRateLimiter(make_storage(self.cfg, self._pool))
         return self._limiter
 
@@ -296,23 +294,26 @@ class StoreRateLimitMiddleware:
             raise
 
     async def decide(self, key: str) -> Decision | None:
-        """Count one request for `key`; None when the storage is unreachable (fail open)."""
+        """Count one request for `key`; None when the storage is unreachable, did not answer within
+        `REDIS_TIMEOUT_SECONDS`, or is being skipped after such a failure (fail open)."""
         now = time.monotonic()
-        if now < self._skip_until:
+        if self._availability is not None and self._availability.skipping:
             metrics.store_rate_limit_unavailable.inc()
             return None
         try:
             limiter = self.limiter
-            allowed = await limiter.hit(self.item, key)
-            stats = await limiter.get_window_stats(self.item, key)
+            async with asyncio.timeout(self.cfg.redis_timeout_seconds):
+                allowed = await limiter.hit(self.item, key)
+                stats = await limiter.get_window_stats(self.item, key)
         except (StorageError, OSError, TimeoutError) as exc:
-            self._skip_until = now + RETRY_STORAGE_AFTER_SECONDS
+            if self._availability is not None:
+                self._availability.failed()
             metrics.store_rate_limit_unavailable.inc()
             if now - self._last_warning >= WARN_EVERY_SECONDS:
                 self._last_warning = now
                 log.warning(
                     "store rate limit unavailable, serving without it (fail open): %s",
-                    exc,
+                    exc or type(exc).__name__,
                     extra={"error": type(exc).__name__},
                 )
             return None

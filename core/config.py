@@ -85,6 +85,22 @@ class Settings(BaseSettings):
         description="How long a request waits on Redis for an after-commit effect (invalidation, event)",
     )
 
+    redis_timeout_seconds: float = Field(
+        default=0.25,
+        gt=0,
+        le=5,
+        description="Longest a request waits on Redis for one step (the store rate limit check, a "
+        "listing cache lookup or store, the readiness ping); after a failed step the process skips "
+        "them for 1 s (core.redisconn)",
+    )
+    redis_socket_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=30,
+        description="Connect and read timeout of orderflow's own Redis clients (API and workers); a "
+        "timed-out command is not retried",
+    )
+
     # Celery / broker tuning (see docs/operations.md).
     redis_key_prefix: str = Field(
         default="", max_length=64, description="Prefix of every Redis key and channel (shared Redis)"
@@ -98,12 +114,34 @@ class Settings(BaseSettings):
     task_retry_backoff_max_seconds: int = Field(default=30, ge=1)
     broker_publish_timeout_seconds: float = Field(default=2.0, gt=0)
 
-    db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=20, ge=0)
-    db_pool_pre_ping: bool = Field(
-        default=False, description="Test each pooled connection before use (one more round trip)"
+    # PostgreSQL limits (docs/operations.md, "Limits"). The timeouts are sent with each new
+    # connection (libpq `options`), so they cost no round trip.
+    db_pool_size: int = Field(
+        default=10, ge=1, description="Connections each pool keeps (per process: two engines in the API)"
     )
-    db_statement_timeout_ms: int = Field(default=15000, ge=0)
+    db_max_overflow: int = Field(
+        default=20, ge=0, description="Extra connections an engine opens under load, closed when returned"
+    )
+    db_pool_timeout_seconds: float = Field(
+        default=10, gt=0, description="Longest a request or task waits for a free pooled connection"
+    )
+    db_pool_recycle_seconds: int = Field(
+        default=1800, ge=60, description="Pooled connections older than this are replaced by new ones"
+    )
+    db_pool_pre_ping: bool = Field(
+        default=False,
+        description="Ask the server before each checkout (one more round trip); off by default: a "
+        "connection the server closed is found without one (core.db)",
+    )
+    db_connect_timeout_seconds: int = Field(
+        default=5, ge=2, le=300, description="libpq connect_timeout of every new connection"
+    )
+    db_statement_timeout_ms: int = Field(
+        default=15000, ge=0, description="PostgreSQL statement_timeout of every session; 0 = none"
+    )
+    db_lock_timeout_ms: int = Field(
+        default=5000, ge=0, description="PostgreSQL lock_timeout of every session; 0 = none"
+    )
 
     flower_basic_auth: str | None = None
     log_level: str = "INFO"

@@ -11,14 +11,19 @@ Sessions commit at the edge only (STYLE.md rule 1): `session_scope()` here for t
 
 from __future__ import annotations
 
+import select
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+from psycopg import pq
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -60,19 +65,73 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def connect_options(cfg: Settings = settings) -> dict[str, Any]:
+    """libpq parameters of every PostgreSQL connection orderflow opens (engines and the statement
+    pool): `connect_timeout` (seconds) and, in `options`, the session's `statement_timeout` and
+    `lock_timeout` (milliseconds; 0 leaves PostgreSQL's default, none). They travel in the startup
+    packet, so they cost no round trip. A statement cancelled by them raises
+    `psycopg.errors.QueryCanceled` or `psycopg.errors.LockNotAvailable` (SQLSTATE 57014, 55P03),
+    which the HTTP edge answers as a 500 and the worker retries as a transient fault."""
+    settings_sent = [
+        f"-c {name}={value}"
+        for name, value in (
+            ("statement_timeout", cfg.db_statement_timeout_ms),
+            ("lock_timeout", cfg.db_lock_timeout_ms),
+        )
+        if value
+    ]
+    options: dict[str, Any] = {"connect_timeout": cfg.db_connect_timeout_seconds}
+    if settings_sent:
+        options["options"] = " ".join(settings_sent)
+    return options
+
+
+def closed_by_server(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """True when an idle connection can no longer be used: it is closed or broken, or its socket is
+    readable. An idle connection has nothing to read unless the server spoke first, and what a server
+    says unasked on an idle session is its goodbye: the FATAL error of `pg_terminate_backend`, of a
+    shutdown or of `idle_session_timeout`, or the end of the stream. One `poll()` system call with a
+    zero timeout: no round trip to the server (unlike `pool_pre_ping`, SQLAlchemy's "pessimistic"
+    disconnect handling)."""
+    if conn.closed or conn.broken:
+        return True
+    pgconn = conn.pgconn
+    if pgconn.status != pq.ConnStatus.OK:
+        return True
+    try:
+        fd = pgconn.socket
+    except psycopg.OperationalError:
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
+
+
+def _skip_closed_connections(engine: Engine) -> None:
+    """On checkout, a pooled connection the server closed is replaced by a new one (the pool
+    reconnects and retries the checkout when a `checkout` listener raises `DisconnectionError`), so
+    that a PostgreSQL restart or a terminated backend costs no request an error."""
+    if engine.dialect.name != "postgresql":
+        return
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(_dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        if closed_by_server(record.driver_connection):
+            raise DisconnectionError("the server closed this pooled connection")
+
+
 def _engine_kwargs(cfg: Settings, url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         cfg.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         return {"connect_args": {"timeout": 30}}
-    kwargs: dict[str, Any] = {
+    return {
         "pool_size": cfg.db_pool_size,
         "max_overflow": cfg.db_max_overflow,
+        "pool_timeout": cfg.db_pool_timeout_seconds,
         "pool_pre_ping": cfg.db_pool_pre_ping,
-        "pool_recycle": 1800,
+        "pool_recycle": cfg.db_pool_recycle_seconds,
+        "connect_args": connect_options(cfg),
     }
-    if cfg.db_statement_timeout_ms:
-        kwargs["connect_args"] = {"options": f"-c statement_timeout={cfg.db_statement_timeout_ms}"}
-    return kwargs
 
 
 def _tune_sqlite(engine: Engine) -> None:
@@ -105,6 +164,7 @@ def _tune_sqlite(engine: Engine) -> None:
 def make_sync_engine(cfg: Settings = settings) -> Engine:
     engine = create_engine(cfg.sync_database_url, **_engine_kwargs(cfg, cfg.sync_database_url))
     _tune_sqlite(engine)
+    _skip_closed_connections(engine)
     return engine
 
 
@@ -113,6 +173,7 @@ def make_async_engine(cfg: Settings = settings, **options: Any) -> AsyncEngine:
     kwargs = {**_engine_kwargs(cfg, cfg.async_database_url), **options}
     engine = create_async_engine(cfg.async_database_url, **kwargs)
     _tune_sqlite(engine.sync_engine)
+    _skip_closed_connections(engine.sync_engine)
     return engine
 
 
@@ -125,23 +186,43 @@ def make_async_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
 _STATEMENT_POOL = "orderflow.statement_pool"
 
 
-def make_statement_pool(cfg: Settings = settings) -> AsyncConnectionPool | None:
+class StatementPool(AsyncConnectionPool):
+    """psycopg's `AsyncConnectionPool` that never hands out a connection the server closed
+    (`closed_by_server`, no round trip): such a connection is closed and given back, the pool opens a
+    replacement, and the next one is tried, within the same `timeout`. (psycopg_pool's own `check`
+    hook would put a connection that only looks idle back in the pool and back off for a second or
+    more between tries.)"""
+
+    async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:  # noqa: ASYNC109 - psycopg_pool's signature
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            conn = await super().getconn(max(0.0, deadline - time.monotonic()))
+            if not closed_by_server(conn):
+                return conn
+            await conn.close()
+            await self.putconn(conn)  # closed: the pool drops it and opens a replacement
+
+
+def make_statement_pool(cfg: Settings = settings) -> StatementPool | None:
     """A psycopg pool of autocommit connections for the API's single-statement writes (order intake):
     no ORM session, no transaction to begin or end, statements prepared by psycopg on each connection
     after their first uses. At most `DB_POOL_SIZE` connections (a request waits for a free one rather
-    than opening more: each costs a PostgreSQL backend). None on SQLite. Open it with
-    `await pool.open()`."""
+    than opening more: each costs a PostgreSQL backend), for at most `DB_POOL_TIMEOUT_SECONDS`
+    (then `psycopg_pool.PoolTimeout`). A connection the server closed is never handed out
+    (`StatementPool`), and reconnection attempts after an outage give up after
+    `DB_POOL_TIMEOUT_SECONDS`, so that the next request starts a new one at once instead of waiting
+    out the pool's growing backoff. None on SQLite. Open it with `await pool.open()`."""
     if cfg.database_url is None:
         return None
     url = make_url(cfg.database_url).set(drivername="postgresql")
-    kwargs: dict[str, Any] = {"autocommit": True}
-    if cfg.db_statement_timeout_ms:
-        kwargs["options"] = f"-c statement_timeout={cfg.db_statement_timeout_ms}"
-    return AsyncConnectionPool(
+    return StatementPool(
         url.render_as_string(hide_password=False),
         min_size=min(4, cfg.db_pool_size),
         max_size=cfg.db_pool_size,
-        kwargs=kwargs,
+        kwargs={"autocommit": True, **connect_options(cfg)},
+        timeout=cfg.db_pool_timeout_seconds,
+        reconnect_timeout=cfg.db_pool_timeout_seconds,
+        max_lifetime=cfg.db_pool_recycle_seconds,
         open=False,
         name="orderflow-statements",
     )
