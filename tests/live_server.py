@@ -48,10 +48,16 @@ def embedded_env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def live_server(
-    data_dir: Path, *, command: list[str] | None = None, env: dict[str, str] | None = None, port: int = 0
+    data_dir: Path,
+    *,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    port: int = 0,
+    start_timeout: float = 90,
 ) -> Iterator[LiveServer]:
     """Start `command` (default: `python -m core.cli serve`) with `--port` appended, wait until
-    `/healthz` answers 200 (at most 30 s), yield, then stop it with SIGTERM."""
+    `/healthz` answers 200 (at most `start_timeout` seconds: imports and migrations take a while on a
+    busy 2-core machine), yield, then stop it with SIGTERM."""
     port = port or free_port()
     argv = [*(command or [sys.executable, "-m", "core.cli", "serve"]), "--port", str(port)]
     log_path = data_dir / "serve.log"
@@ -61,7 +67,7 @@ def live_server(
         )
     server = LiveServer(f"http://127.0.0.1:{port}", port, data_dir, log_path, proc)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_timeout
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"orderflow serve exited with {proc.returncode}:\n{server.log()}")
@@ -71,7 +77,8 @@ def live_server(
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"orderflow serve did not answer /healthz within 30 s:\n{server.log()}")
+                log = server.log()
+                raise RuntimeError(f"orderflow serve did not answer /healthz in {start_timeout} s:\n{log}")
             time.sleep(0.1)
         yield server
     finally:
