@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.auth import MISSING_MESSAGE, authenticate, basic_scheme, bearer_scheme
 from core.db import bind_statement_pool
 from core.errors import Forbidden, Unauthorized
+from core.types import MAX_ID, DecimalDigits
 from core.uow import take_effects
 from core.users import service as users_service
 from core.users.security import InvalidToken, Principal
@@ -64,8 +65,8 @@ class Page:
 
     def __init__(
         self,
-        limit: Annotated[int, Query(ge=1, le=500, description="Page size, at most 500")] = 50,
-        offset: Annotated[int, Query(ge=0, le=2_147_483_647, description="Rows to skip")] = 0,
+        limit: Annotated[int, Query(ge=1, le=500, description="Page size, at most 500"), DecimalDigits] = 50,
+        offset: Annotated[int, Query(ge=0, le=MAX_ID, description="Rows to skip"), DecimalDigits] = 0,
     ) -> None:
         self.limit = limit
         self.offset = offset

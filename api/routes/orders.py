@@ -32,10 +32,11 @@ from core.orders import service
 from core.orders.intake import OrderRequest, submit_order
 from core.orders.models import OrderStatus
 from core.orders.schemas import OrderCreate, OrderError, OrderRead, OrderStatusUpdate
+from core.types import MAX_ID, DecimalDigits
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 
-OrderId = Annotated[int, Path(ge=1, le=2_147_483_647, description="Order id")]
+OrderId = Annotated[int, Path(ge=1, le=MAX_ID, description="Order id"), DecimalDigits]
 _404 = ["order_not_found"]
 
 

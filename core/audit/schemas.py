@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+TIMESTAMP_RULE = (
+    "Timestamps must be ISO-8601 with a timezone, e.g. 2026-11-21T10:00:00Z or 2026-11-21T12:00:00+02:00."
+)
+#: RFC 3339 `date-time` (section 5.6), the OpenAPI `format` of `since` and `until`.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def check_rfc3339(value: object) -> object:
+    """`value` unchanged unless it is a string that is not an RFC 3339 date-time with a timezone
+    (`Z` or `+hh:mm`); ValueError with a sentence otherwise. (Pydantic alone would also read `0.5`
+    as a Unix time and accept `2026-11-21 10:00Z`, which the OpenAPI `date-time` format excludes.)"""
+    if isinstance(value, str) and not _RFC3339.fullmatch(value):
+        raise ValueError(TIMESTAMP_RULE)
+    return value
 
 
 def check_aware(value: datetime | None) -> datetime | None:
@@ -15,16 +33,13 @@ def check_aware(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     if value.utcoffset() is None:
-        raise ValueError(
-            "Timestamps must be ISO-8601 with a timezone, e.g. 2026-11-21T10:00:00Z or "
-            "2026-11-21T12:00:00+02:00."
-        )
+        raise ValueError(TIMESTAMP_RULE)
     return value.astimezone(UTC)
 
 
 #: An ISO-8601 datetime with a timezone (`Z` or `+hh:mm`), converted to UTC; a naive one is a
 #: validation error.
-AwareTimestamp = Annotated[datetime, AfterValidator(check_aware)]
+AwareTimestamp = Annotated[datetime, BeforeValidator(check_rfc3339), AfterValidator(check_aware)]
 
 
 class AuditFilter(BaseModel):

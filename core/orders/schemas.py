@@ -74,12 +74,21 @@ class OrderCreate(BaseModel):
         return merge_lines((line.product_id, line.quantity) for line in self.products)
 
 
+#: `Pending` or `Completed` in any case, with surrounding whitespace (CONTRACT.md, "Orders").
+STATUS_UPDATE_PATTERN = r"^\s*([Pp][Ee][Nn][Dd][Ii][Nn][Gg]|[Cc][Oo][Mm][Pp][Ll][Ee][Tt][Ee][Dd])\s*$"
+
+
 class OrderStatusUpdate(BaseModel):
     """Body of `PUT /orders/{id}/status`; `status` is checked by the service (400 Invalid status)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    status: Any = Field(examples=["Completed"])
+    status: Any = Field(
+        examples=["Completed"],
+        # What the service accepts (`service.SETTABLE_STATUSES`, any case, surrounding spaces
+        # ignored); anything else is 400 `Invalid status`, so the document says so.
+        json_schema_extra={"type": "string", "pattern": STATUS_UPDATE_PATTERN},
+    )
 
 
 class OrderLineRead(BaseModel):

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from core.types import MANAGER_ID_MAX_LENGTH, Money, Quantity
+from core.types import MANAGER_ID_MAX_LENGTH, JsonInteger, Money, Quantity
+
+#: A count in a product body (stock, threshold): a whole JSON number from 0 to 2,147,483,647 (`5` or
+#: `5.0`; `true`, `"5"` and `5.5` are wrong types).
+Count = Annotated[int, Field(ge=0, le=2_147_483_647, strict=True), JsonInteger]
 
 
 class ProductCreate(BaseModel):
@@ -19,14 +24,11 @@ class ProductCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200, examples=["Product A"])
     description: str = Field(default="", max_length=10_000)
     price: Money
-    stock: int = Field(
+    stock: Count = Field(
         default=0,
-        ge=0,
-        le=2_147_483_647,
-        strict=True,
         validation_alias=AliasChoices("stock", "stock_quantity"),
     )
-    low_stock_threshold: int = Field(default=10, ge=0, le=2_147_483_647, strict=True)
+    low_stock_threshold: Count = 10
     discontinued: bool = Field(default=False, strict=True)
     manager_id: str | None = Field(default=None, min_length=1, max_length=MANAGER_ID_MAX_LENGTH)
 
@@ -39,14 +41,11 @@ class ProductUpdate(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=10_000)
     price: Money | None = None
-    stock: int | None = Field(
+    stock: Count | None = Field(
         default=None,
-        ge=0,
-        le=2_147_483_647,
-        strict=True,
         validation_alias=AliasChoices("stock", "stock_quantity"),
     )
-    low_stock_threshold: int | None = Field(default=None, ge=0, le=2_147_483_647, strict=True)
+    low_stock_threshold: Count | None = None
     discontinued: bool | None = Field(default=None, strict=True)
     manager_id: str | None = Field(default=None, min_length=1, max_length=MANAGER_ID_MAX_LENGTH)
 

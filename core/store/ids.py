@@ -12,13 +12,18 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, PlainSerializer
 
+from core.types import MAX_ID, digits_at_most
+
 PRODUCT_PREFIX = "prod_"
 ORDER_PREFIX = "ord_"
 
-#: The largest id a row can have (`INTEGER` primary keys).
-MAX_ID = 2_147_483_647
-
-_DIGITS = re.compile(r"[0-9]{1,32}")
+_DIGITS = re.compile(r"[0-9]+")
+#: The digits of an id that can exist (0 to `MAX_ID`, leading zeros allowed).
+_ID_DIGITS = digits_at_most(MAX_ID)
+_IN_RANGE = re.compile(_ID_DIGITS)
+#: The OpenAPI `pattern` of each public id: the same rule as `parse_public_id`.
+PRODUCT_ID_PATTERN = f"^{PRODUCT_PREFIX}{_ID_DIGITS}$"
+ORDER_ID_PATTERN = f"^{ORDER_PREFIX}{_ID_DIGITS}$"
 
 
 def format_product_id(product_id: int) -> str:
@@ -40,10 +45,9 @@ def parse_public_id(value: object, prefix: str) -> int:
     digits = value[len(prefix) :] if value.startswith(prefix) else None
     if digits is None or not _DIGITS.fullmatch(digits):
         raise ValueError(f"must look like '{example}': '{prefix}' followed by digits")
-    number = int(digits)
-    if number > MAX_ID:
+    if not _IN_RANGE.fullmatch(digits):
         raise ValueError(f"is too large: the largest id is '{prefix}{MAX_ID}'")
-    return number
+    return int(digits)
 
 
 def _product(value: Any) -> int:
@@ -59,7 +63,7 @@ ProductRef = Annotated[
     int,
     BeforeValidator(_product),
     PlainSerializer(format_product_id, return_type=str),
-    Field(json_schema_extra={"type": "string", "pattern": r"^prod_[0-9]+$", "examples": ["prod_001"]}),
+    Field(json_schema_extra={"type": "string", "pattern": PRODUCT_ID_PATTERN, "examples": ["prod_001"]}),
 ]
 
 #: An order id in a store request or path (`"ord_789"`), validated to its integer id.
@@ -67,19 +71,19 @@ OrderRef = Annotated[
     int,
     BeforeValidator(_order),
     PlainSerializer(format_order_id, return_type=str),
-    Field(json_schema_extra={"type": "string", "pattern": r"^ord_[0-9]+$", "examples": ["ord_789"]}),
+    Field(json_schema_extra={"type": "string", "pattern": ORDER_ID_PATTERN, "examples": ["ord_789"]}),
 ]
 
 #: A product id in a response: the integer id, written as `"prod_001"`.
 ProductIdOut = Annotated[
     int,
     PlainSerializer(format_product_id, return_type=str),
-    Field(json_schema_extra={"type": "string", "pattern": r"^prod_[0-9]+$", "examples": ["prod_001"]}),
+    Field(json_schema_extra={"type": "string", "pattern": PRODUCT_ID_PATTERN, "examples": ["prod_001"]}),
 ]
 
 #: An order id in a response: the integer id, written as `"ord_789"`.
 OrderIdOut = Annotated[
     int,
     PlainSerializer(format_order_id, return_type=str),
-    Field(json_schema_extra={"type": "string", "pattern": r"^ord_[0-9]+$", "examples": ["ord_789"]}),
+    Field(json_schema_extra={"type": "string", "pattern": ORDER_ID_PATTERN, "examples": ["ord_789"]}),
 ]

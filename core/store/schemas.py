@@ -15,7 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, mo
 from core.orders.schemas import merge_lines
 from core.products.repository import MAX_STOCK
 from core.store.ids import OrderIdOut, ProductIdOut, ProductRef
-from core.types import MANAGER_ID_MAX_LENGTH, MAX_QUANTITY, Money, Quantity
+from core.types import MANAGER_ID_MAX_LENGTH, MAX_QUANTITY, JsonInteger, Money, Quantity
 
 #: Most products in one `POST /api/inventory/products` batch.
 MAX_BATCH = 1000
@@ -31,7 +31,7 @@ ManagerId = Annotated[
     ),
 ]
 #: Units on hand: a whole JSON number from 0 to 2,147,483,647.
-StockQuantity = Annotated[int, Field(ge=0, le=MAX_STOCK, strict=True, examples=[10])]
+StockQuantity = Annotated[int, Field(ge=0, le=MAX_STOCK, strict=True, examples=[10]), JsonInteger]
 ProductName = Annotated[str, Field(min_length=1, max_length=200, examples=["Product A"])]
 
 

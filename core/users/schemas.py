@@ -57,7 +57,13 @@ def check_password(value: str) -> str:
 
 Username = Annotated[
     str,
-    Field(max_length=256, description="3-50 characters: letters, digits, '_', '.', '-'; unique in any case"),
+    Field(
+        max_length=256,
+        description="3-50 characters: letters, digits, '_', '.', '-'; unique in any case",
+        # The document states the rule `check_username` applies (its own message is clearer than a
+        # pattern mismatch, so the check stays in code).
+        json_schema_extra={"pattern": USERNAME_PATTERN.pattern, "minLength": 3, "maxLength": 50},
+    ),
     AfterValidator(check_username),
 ]
 ManagerId = Annotated[
@@ -65,12 +71,19 @@ ManagerId = Annotated[
     Field(
         max_length=256,
         description="The store API manager_id (e.g. mgr_123) this manager account acts for; admins set it",
+        json_schema_extra={"pattern": MANAGER_ID_PATTERN.pattern},
     ),
     AfterValidator(check_manager_id),
 ]
 Password = Annotated[
     str,
-    Field(max_length=1024, description="8-72 bytes in UTF-8 (bcrypt's limit; never truncated)"),
+    Field(
+        max_length=1024,
+        description="8-72 bytes in UTF-8 (bcrypt's limit; never truncated)",
+        # Characters, as JSON Schema counts them: 8 characters are at least 8 bytes, and 72 bytes hold
+        # at most 72 characters; the byte limit itself cannot be written in JSON Schema.
+        json_schema_extra={"minLength": MIN_PASSWORD_BYTES, "maxLength": MAX_PASSWORD_BYTES},
+    ),
     AfterValidator(check_password),
 ]
 

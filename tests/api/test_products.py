@@ -214,12 +214,21 @@ async def test_booleans_and_strings_are_not_taken_for_counts_and_flags(client, f
     assert (await client.get(f"/products/{created['id']}")).json() == created
 
 
-@pytest.mark.parametrize("value", [True, "2", 1.0])
+@pytest.mark.parametrize("value", [True, "2", 1.5])
 async def test_stock_change_quantity_must_be_a_json_integer(client, value):
     created = await create_product(client, stock=5)
     for op in ("increment", "decrement"):
         assert_invalid(await client.patch(f"/products/{op}/{created['id']}", json={"quantity": value}))
     assert stock_in_db(created["id"]) == 5
+
+
+async def test_a_whole_json_number_is_an_integer(client):
+    """`2.0` is the integer 2, as JSON Schema (and so the OpenAPI document's `integer`) reads it."""
+    created = await create_product(client, stock=5.0, low_stock_threshold=3.0)
+    assert (created["stock"], created["low_stock_threshold"]) == (5, 3)
+    response = await client.patch(f"/products/increment/{created['id']}", json={"quantity": 2.0})
+    assert response.status_code == 200, response.text
+    assert stock_in_db(created["id"]) == 7
 
 
 async def test_failed_create_writes_nothing(client):
