@@ -6,9 +6,11 @@ async clients and short timeouts, never a blocking call on the event loop (STYLE
   client that got its 2xx never reads a stale listing;
 * order outcomes (a cancellation, a status move) are published to every API process's waiters.
 
-Redis is given `timeout` seconds (`REDIS_EFFECT_TIMEOUT_SECONDS`, default 0.25) per effect: a sick
-Redis costs a request that long at most. What then failed is logged and bounded elsewhere: a stale
-listing by its TTL (`STORE_CACHE_SECONDS`), a lost event by the waiters' periodic re-read.
+Redis is given `timeout` seconds (`REDIS_EFFECT_TIMEOUT_SECONDS`, default 0.25) per request, for all
+its effects together, and none while the process's `core.redisconn.availability` says to skip Redis
+(for a second after a Redis step failed): a sick Redis costs a request that long at most, and most
+requests nothing. What then failed or was skipped is logged and bounded elsewhere: a stale listing by
+its TTL (`STORE_CACHE_SECONDS`), a lost event by the waiters' periodic re-read.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from redis.exceptions import RedisError
 from api.dispatch import OrderDispatcher
 from core import events
 from core.products import cache
+from core.redisconn import Availability
 from core.uow import Effects
 
 log = logging.getLogger("orderflow.api")
@@ -34,43 +37,55 @@ class EffectRunner:
     """Runs a committed transaction's effects. `redis` None is the embedded default (process memory
     and the in-process hub)."""
 
-    def __init__(self, dispatcher: OrderDispatcher, redis: aioredis.Redis | None, timeout: float) -> None:
+    def __init__(
+        self,
+        dispatcher: OrderDispatcher,
+        redis: aioredis.Redis | None,
+        timeout: float,
+        availability: Availability | None = None,
+    ) -> None:
         self.dispatcher = dispatcher
         self._redis = redis
         self._timeout = timeout
+        self._availability = availability or Availability()
         self._last_warning = 0.0
 
     async def run(self, effects: Effects) -> None:
         if effects.dispatch:
             self.dispatcher.submit(effects.dispatch)
+        if not (effects.listings or effects.events):
+            return
+        if self._redis is None:
+            cache.memory.invalidate(sorted(effects.listings))
+            events.hub.deliver(effects.events)
+            return
+        what = []
         if effects.listings:
-            await self._invalidate(sorted(effects.listings))
+            what.append(f"listing cache not invalidated for {sorted(effects.listings)[:5]}")
         if effects.events:
-            await self._publish(effects.events)
-
-    async def _invalidate(self, managers: list[str]) -> None:
-        if self._redis is None:
-            cache.memory.invalidate(managers)
+            what.append(f"order events {[o.order_id for o in effects.events][:5]} not published")
+        if self._availability.skipping:
+            self._warn("; ".join(what), "Redis is being skipped after a failure")
             return
-        await self._bounded(
-            self._redis.mset(cache.new_versions(managers)),
-            f"listing cache not invalidated for {managers[:5]}",
-        )
-
-    async def _publish(self, outcomes: list[events.OrderOutcome]) -> None:
-        if self._redis is None:
-            events.hub.deliver(outcomes)
-            return
-        ids = [o.order_id for o in outcomes][:5]
-        await self._bounded(
-            self._redis.publish(events.CHANNEL, events.encode(outcomes)), f"order events {ids} not published"
-        )
-
-    async def _bounded(self, call: object, what: str) -> None:
         try:
-            await asyncio.wait_for(call, self._timeout)  # type: ignore[arg-type]
+            await asyncio.wait_for(self._send(effects), self._timeout)
         except (TimeoutError, RedisError, OSError) as exc:
-            now = time.monotonic()
-            if now - self._last_warning >= _QUIET_SECONDS:
-                self._last_warning = now
-                log.warning("%s: %s", what, exc or type(exc).__name__)
+            self._availability.failed()
+            self._warn("; ".join(what), exc or type(exc).__name__)
+
+    async def _send(self, effects: Effects) -> None:
+        """The Redis effects in one pipeline (one round trip): new listing-cache versions, then the
+        order events."""
+        assert self._redis is not None
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if effects.listings:
+                pipe.mset(cache.new_versions(sorted(effects.listings)))
+            if effects.events:
+                pipe.publish(events.CHANNEL, events.encode(effects.events))
+            await pipe.execute()
+
+    def _warn(self, what: str, why: object) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= _QUIET_SECONDS:
+            self._last_warning = now
+            log.warning("%s: %s", what, why)

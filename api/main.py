@@ -133,7 +133,10 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
             max_batch=cfg.dispatch_max_batch,
         )
         app.state.effects = EffectRunner(
-            app.state.dispatcher, app.state.redis, cfg.redis_effect_timeout_seconds
+            app.state.dispatcher,
+            app.state.redis,
+            cfg.redis_effect_timeout_seconds,
+            redisconn.availability(cfg.redis_url) if cfg.redis_url else None,
         )
         app.state.listing_cache = ListingCache(
             app.state.redis,

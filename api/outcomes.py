@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from api import metrics
+from core import redisconn
 from core.events import OrderOutcome, Watch, hub
 from core.orders.models import OrderStatus
 
@@ -32,6 +33,9 @@ from core.orders.models import OrderStatus
 RETRY_AFTER_SECONDS = "1"
 #: How often a waiting response re-reads the order when no event woke it.
 RECHECK_SECONDS = 2.0
+#: How often a response waiting for an order it has just submitted checks that the order is still on
+#: its way to a worker (the dispatcher's circuit breaker, Redis's availability).
+IN_FLIGHT_POLL_SECONDS = 0.1
 
 IdempotencyKeyHeader = Annotated[
     str | None,
@@ -108,7 +112,9 @@ class SettlingResponse(Response, Generic[S]):
     then sends `render(order)`.
 
     `outcome(order, event)` applies an event's outcome to the order; `reread()` reads it anew (only
-    when no event carried an outcome within `RECHECK_SECONDS`)."""
+    when no event carried an outcome within `RECHECK_SECONDS`). `in_flight()`, when given, says
+    whether the order is on its way to a worker: once it is False (the broker is unreachable and the
+    order was left to the outbox sweep) the response stops waiting and answers as the order is."""
 
     def __init__(
         self,
@@ -119,6 +125,7 @@ class SettlingResponse(Response, Generic[S]):
         outcome: Callable[[S, OrderOutcome], S],
         reread: Callable[[], Awaitable[S]],
         render: Callable[[S], Response],
+        in_flight: Callable[[], bool] | None = None,
     ) -> None:
         # Nothing is rendered yet: the answer depends on the wait (Response.__init__ is not called).
         self.status_code = 200
@@ -129,28 +136,36 @@ class SettlingResponse(Response, Generic[S]):
         self._outcome = outcome
         self._reread = reread
         self._render = render
+        self._in_flight = in_flight or (lambda: True)
+        self._polls = in_flight is not None
 
     async def settle(self) -> S:
         """The order once it left `pending`, or as it is when the wait ran out."""
         order, watch = self._order, self._watch
         if watch.outcome is not None:  # came in while the request was stored or read
             order = self._outcome(order, watch.outcome)
-        if order.status != OrderStatus.PENDING or self._wait <= 0:
+        if order.status != OrderStatus.PENDING or self._wait <= 0 or not self._in_flight():
             return order
         started = time.monotonic()
         deadline = started + self._wait
+        recheck_at = started + RECHECK_SECONDS
+        # With an in-flight check, wake up often enough to stop soon after the order stopped being
+        # on its way (the breaker opened while the request waited).
+        step = IN_FLIGHT_POLL_SECONDS if self._polls else RECHECK_SECONDS
         while order.status == OrderStatus.PENDING:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if now >= deadline or not self._in_flight():
                 break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(watch.changed.wait(), min(remaining, RECHECK_SECONDS))
+                await asyncio.wait_for(watch.changed.wait(), min(deadline, recheck_at, now + step) - now)
             woken = watch.changed.is_set()
             watch.changed.clear()
+            now = time.monotonic()
             if watch.outcome is not None:
                 order = self._outcome(order, watch.outcome)
-            elif woken or time.monotonic() < deadline:
+            elif woken or recheck_at <= now < deadline:
                 order = await self._reread()
+                recheck_at = time.monotonic() + RECHECK_SECONDS
         metrics.order_time_to_outcome.observe(time.monotonic() - started)
         return order
 
@@ -167,12 +182,31 @@ def settling(
     read: Callable[[Session], S],
     outcome: Callable[[S, OrderOutcome], S],
     render: Callable[[S], Response],
+    submitted: bool = False,
 ) -> SettlingResponse[S]:
     """A `SettlingResponse` whose re-read is `read(session)` on a short-lived read session of its own
-    (the request's session is closed by then)."""
+    (the request's session is closed by then). `submitted`: the request has just handed the order to
+    the dispatcher, so the wait ends as soon as the dispatcher's circuit breaker is open or Redis is
+    being skipped after a failure (`core.redisconn.availability`): the order then waits for the outbox
+    sweep, `ORDER_SWEEP_AFTER_SECONDS` away, and the client gets its 202 now."""
 
     async def reread() -> S:
         async with request.app.state.read_sessionmaker() as session:
             return await session.run_sync(read)
 
-    return SettlingResponse(watch, order, wait, outcome=outcome, reread=reread, render=render)
+    dispatcher = request.app.state.dispatcher
+    redis_url = request.app.state.settings.redis_url
+    availability = redisconn.availability(redis_url) if redis_url else None
+
+    def in_flight() -> bool:
+        return not dispatcher.is_open and not (availability is not None and availability.skipping)
+
+    return SettlingResponse(
+        watch,
+        order,
+        wait,
+        outcome=outcome,
+        reread=reread,
+        render=render,
+        in_flight=in_flight if submitted else None,
+    )

@@ -53,6 +53,8 @@ def _settling(
     wait: float,
     owner: int | None,
     render: Callable[[OrderRead], Response],
+    *,
+    submitted: bool = False,
 ) -> SettlingResponse[OrderRead]:
     return settling(
         request,
@@ -62,6 +64,7 @@ def _settling(
         read=lambda s: OrderRead.of(service.get_order(s, order.id, user_id=owner)),
         outcome=_with_outcome,
         render=render,
+        submitted=submitted,
     )
 
 
@@ -129,7 +132,7 @@ async def create_order(
         return _order_response(settled, code, **headers, **{"Preference-Applied": f"wait={wait:g}"})
 
     owner = None if user.is_staff else user.id
-    return _settling(request, watches.open(order.id), order, wait, owner, render)
+    return _settling(request, watches.open(order.id), order, wait, owner, render, submitted=True)
 
 
 @router.get("", response_model=list[OrderRead], responses=responses(_400=["invalid_input"]))

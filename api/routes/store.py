@@ -243,6 +243,8 @@ def _settling(
     order: store.StoreOrder,
     wait: float,
     render: Callable[[store.StoreOrder], Response] = outcome_response,
+    *,
+    submitted: bool = False,
 ) -> SettlingResponse[store.StoreOrder]:
     """Wait up to `wait` seconds for the order to settle (`api.outcomes`), then render it."""
     return settling(
@@ -253,6 +255,7 @@ def _settling(
         read=lambda s: store.get_order(s, order.id),
         outcome=store.StoreOrder.with_outcome,
         render=render,
+        submitted=submitted,
     )
 
 
@@ -310,7 +313,7 @@ async def process_order(
 
     order = store.StoreOrder.of(intake.order)
     wait = cfg.order_wait_seconds if preferred is None else preferred
-    return _settling(request, watches.open(order.id), order, wait, render)
+    return _settling(request, watches.open(order.id), order, wait, render, submitted=True)
 
 
 @router.get(
