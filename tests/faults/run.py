@@ -49,8 +49,9 @@ class PhaseResult:
         errors = ", ".join(f"{k}: {v}" for k, v in t.errors().items()) or "none"
         drain = f"{self.drain_seconds:.1f} s" if self.drain_seconds is not None else "NOT DRAINED"
         return (
-            f"[{self.name}] orders meant {t.meant}, told 202/201 {len(t.accepted)}, gave up {t.gave_up}, "
-            f"replayed {t.replayed}, cancelled {len(t.cancelled)} | final: {final} | drained {drain} "
+            f"[{self.name}] orders submitted {t.meant}, answered 202/201 {len(t.accepted)}, "
+            f"gave up {t.gave_up}, replayed {t.replayed}, cancelled {len(t.cancelled)} | final: {final} "
+            f"| drained {drain} "
             f"after the fault ended | client errors: {errors} | invariants: "
             + ("hold" if not self.problems else f"{len(self.problems)} VIOLATED")
             + f" | phase {self.seconds:.0f} s"
