@@ -182,3 +182,25 @@ async def test_the_rate_limiter_fails_open_within_the_bound(client_of, frozen_re
     await asyncio.sleep(UNAVAILABLE_SKIP_SECONDS + 0.1)
     back = await client.get(url, params={"manager_id": MGR})
     assert "ratelimit-limit" in back.headers
+
+
+async def test_readiness_reflects_redis_now_after_a_restart(client_of, frozen_redis):
+    """After Redis restarts, the API's pooled connections to it are dead; the first `/readyz` must
+    already say 200 (a command that finds its connection closed is retried once on a new one,
+    core.redisconn), and while Redis is down it says 503."""
+    _app, client = client_of
+    for _ in range(3):  # pooled connections to the server about to restart
+        assert (await client.get("/readyz")).status_code == 200
+    assert (await client.get("/api/inventory/products", params={"manager_id": MGR})).status_code == 200
+
+    frozen_redis.stop()
+    await asyncio.sleep(UNAVAILABLE_SKIP_SECONDS + 0.1)
+    down = await client.get("/readyz")
+    assert down.status_code == 503 and down.json()["checks"]["redis"] == "unavailable"
+
+    frozen_redis.start()  # the same port
+    await asyncio.sleep(UNAVAILABLE_SKIP_SECONDS + 0.1)
+    first = await client.get("/readyz")
+    assert first.status_code == 200, first.text
+    listing = await client.get("/api/inventory/products", params={"manager_id": MGR})
+    assert listing.status_code == 200 and "RateLimit-Limit" in listing.headers
