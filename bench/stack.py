@@ -543,7 +543,8 @@ class StackRun:
     def __post_init__(self) -> None:
         self.project: Path = self.args.project.resolve()
         self.python = self.project / ".venv" / "bin" / "python"
-        self.out: Path = self.args.out
+        # Absolute: the processes run in the project directory, which may not be this one.
+        self.out: Path = self.args.out.resolve()
         self.logs = self.out.parent / f"{self.out.stem}-logs"
         self.db = Database(f"orderflow_bench_{self.pid}")
         self.redis_url = f"{REDIS_BASE}/{self.args.redis_db}"
