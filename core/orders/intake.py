@@ -39,7 +39,7 @@ from core.db import statement_pool, utcnow
 from core.errors import Conflict, InvalidInput
 from core.orders import service
 from core.orders.checks import unorderable
-from core.orders.models import OrderStatus
+from core.orders.states import INITIAL_STATUS
 from core.uow import effects_of
 
 
@@ -281,7 +281,7 @@ def _view(order_id: int, request: OrderRequest, products: dict[int, _Product], n
     total = sum((line.unit_price * line.quantity for line in lines), Decimal("0.00"))
     return OrderView(
         id=order_id,
-        status=OrderStatus.PENDING.value,
+        status=INITIAL_STATUS.value,
         lines=lines,
         total_price=total.quantize(Decimal("0.01")),
         user_id=request.user_id,

@@ -1,10 +1,10 @@
-"""Orders, their lines and idempotency keys (CONTRACT.md, "Orders")."""
+"""Orders, their lines and idempotency keys (CONTRACT.md, "Orders"). `OrderStatus` and the moves between
+statuses are `core.orders.states`; it is importable from here too."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -20,21 +20,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.db import Base, UTCDateTime, utcnow
+from core.orders.states import OrderStatus as OrderStatus  # re-exported: the models name it too
 from core.types import MANAGER_ID_MAX_LENGTH
 from core.users.models import User  # noqa: F401 - registers `users`, the target of orders.user_id
-
-
-class OrderStatus(StrEnum):
-    """Order states. pending -> confirmed -> completed; pending -> rejected; pending/confirmed ->
-    cancelled; failed when a technical fault outlived the retries."""
-
-    PENDING = "pending"
-    CONFIRMED = "confirmed"
-    COMPLETED = "completed"
-    REJECTED = "rejected"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-
 
 _STATUS_CHECK = "status IN (" + ", ".join(f"'{s.value}'" for s in OrderStatus) + ")"
 

@@ -2,9 +2,11 @@
 
 Rules from CONTRACT.md, "Processing guarantees" and "Orders":
 
-* Status guard: only orders still `pending` are decided; an order that left `pending` (a redelivered
-  or duplicated batch, a sweep's re-send, a cancellation that won) is left untouched, and a missing
-  id is ignored. The order rows are locked first, so the guard holds until the commit.
+* Status guard: only orders still `pending` are decided (`states.RESERVABLE_STATUSES`: the statuses
+  from which both outcomes, `confirmed` and `rejected`, are moves of `states.TRANSITIONS`); an order
+  that left `pending` (a redelivered or duplicated batch, a sweep's re-send, a cancellation that won)
+  is left untouched, and a missing id is ignored. The order rows are locked first, so the guard holds
+  until the commit.
 * Fixed lock order: the orders in id order, then every product the pending orders name in one
   statement, in product-id order. Cancellation locks its order, then its products in id order, so
   no two of them ever wait on each other in a cycle.
@@ -38,7 +40,7 @@ from core.db import utcnow
 from core.events import OrderOutcome
 from core.orders import repository as repo
 from core.orders.checks import unorderable
-from core.orders.models import OrderStatus
+from core.orders.states import RESERVABLE_STATUSES, OrderStatus
 from core.products import cache
 from core.products import repository as products_repo
 from core.products.models import MovementReason
@@ -107,7 +109,7 @@ def _lock_pending_orders(session: Session, order_ids: Iterable[int]) -> dict[int
     ids = sorted(set(order_ids))
     pending: dict[int, _PendingOrder] = {}
     for row in repo.lock_for_reservation(session, ids):
-        if row.status != OrderStatus.PENDING:
+        if row.status not in RESERVABLE_STATUSES:
             continue
         order = pending.get(row.id)
         if order is None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
+from core.orders.states import SETTABLE_STATUSES
 from core.types import MAX_QUANTITY, Id, Money, Quantity
 
 MAX_ORDER_LINES = 100
@@ -74,8 +75,11 @@ class OrderCreate(BaseModel):
         return merge_lines((line.product_id, line.quantity) for line in self.products)
 
 
-#: `Pending` or `Completed` in any case, with surrounding whitespace (CONTRACT.md, "Orders").
-STATUS_UPDATE_PATTERN = r"^\s*([Pp][Ee][Nn][Dd][Ii][Nn][Gg]|[Cc][Oo][Mm][Pp][Ll][Ee][Tt][Ee][Dd])\s*$"
+#: `Pending` or `Completed` (`states.SETTABLE_STATUSES`) in any case, with surrounding whitespace
+#: (CONTRACT.md, "Orders"), as a JSON Schema pattern (no inline flags: each letter is a class).
+STATUS_UPDATE_PATTERN = (
+    r"^\s*(" + "|".join("".join(f"[{c.upper()}{c}]" for c in value) for value in SETTABLE_STATUSES) + r")\s*$"
+)
 
 
 class OrderStatusUpdate(BaseModel):
@@ -85,7 +89,7 @@ class OrderStatusUpdate(BaseModel):
 
     status: Any = Field(
         examples=["Completed"],
-        # What the service accepts (`service.SETTABLE_STATUSES`, any case, surrounding spaces
+        # What the service accepts (`states.SETTABLE_STATUSES`, any case, surrounding spaces
         # ignored); anything else is 400 `Invalid status`, so the document says so.
         json_schema_extra={"type": "string", "pattern": STATUS_UPDATE_PATTERN},
     )

@@ -8,6 +8,7 @@ Rules come from CONTRACT.md, "Orders" and "Processing guarantees":
   registers the dispatch as an after-commit effect; on PostgreSQL it stores the order in one
   statement and `place_order` here serves the SQLite default).
 * `reserve_order` is the reservation of one order: `reservation.reserve_orders` with one id.
+* Every status move goes through `core.orders.states` (the transition table and `transition`).
 * Cancelling a `confirmed` order releases its stock, in product-id order with ledger rows. A status
   move or a cancellation is announced to the waiting requests after the commit (`core.events`).
 
@@ -27,30 +28,26 @@ from sqlalchemy.orm import Session
 from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
 from core.db import utcnow
-from core.errors import (
-    Conflict,
-    InvalidInput,
-    InvalidStatus,
-    InvalidStatusTransition,
-    OrderNotFound,
-)
+from core.errors import Conflict, InvalidInput, InvalidStatus, OrderNotFound
 from core.events import OrderOutcome
 from core.orders import repository as repo
 from core.orders import reservation
 from core.orders.checks import unorderable
-from core.orders.models import Order, OrderLine, OrderStatus
+from core.orders.models import Order, OrderLine
+from core.orders.states import (
+    INITIAL_STATUS,
+    SETTABLE_STATUSES,
+    STOCK_HOLDING_STATUSES,
+    OrderStatus,
+    can_move,
+    transition,
+)
 from core.products import repository as products_repo
 from core.products.models import MovementReason
 from core.uow import effects_of
 
-#: Statuses an order never leaves.
-FINAL_STATUSES = frozenset(
-    {OrderStatus.COMPLETED, OrderStatus.REJECTED, OrderStatus.CANCELLED, OrderStatus.FAILED}
-)
 #: The largest order total that `orders.total_price NUMERIC(14, 2)` holds.
 MAX_ORDER_TOTAL = Decimal("999999999999.99")
-#: Values `PUT /orders/{id}/status` accepts (any case).
-SETTABLE_STATUSES = {"pending": OrderStatus.PENDING, "completed": OrderStatus.COMPLETED}
 
 
 @dataclass(frozen=True)
@@ -116,7 +113,7 @@ def place_order(
     if total > MAX_ORDER_TOTAL:
         raise total_too_large(total)
     order = Order(
-        status=OrderStatus.PENDING.value,
+        status=INITIAL_STATUS.value,
         user_id=user_id,
         manager_id=manager_id,
         customer=customer,
@@ -191,13 +188,15 @@ def reserve_order(session: Session, order_id: int) -> str | None:
 
 def mark_failed(session: Session, order_id: int, reason: str) -> str | None:
     """Set a still-pending order `failed` after its retries ran out (no stock is held by a pending
-    order) and register its outcome event. Returns the status afterwards, or None when the order
-    does not exist."""
+    order) and register its outcome event. An order that can no longer become `failed`
+    (`states.can_move`) is left as it is, without an error. Returns the status afterwards, or None
+    when the order does not exist."""
     order = repo.lock(session, order_id)
     if order is None:
         return None
-    if order.status == OrderStatus.PENDING:
-        order.status = OrderStatus.FAILED.value
+    if can_move(order.status, OrderStatus.FAILED):
+        now = utcnow()
+        transition(order, OrderStatus.FAILED, at=now)
         order.error = {
             "code": "PROCESSING_FAILED",
             "error": "Processing failed",
@@ -205,7 +204,7 @@ def mark_failed(session: Session, order_id: int, reason: str) -> str | None:
             "no stock was reserved. Please place it again.",
             "details": {"reason": reason},
         }
-        order.processed_at = order.updated_at = utcnow()
+        order.processed_at = now
         session.flush()
         _announce(session, order)
     return order.status
@@ -223,7 +222,8 @@ def parse_status(value: object) -> OrderStatus:
 def set_status(session: Session, order_id: int, value: object, *, actor: str | None = None) -> Order:
     """`PUT /orders/{id}/status`: `Completed` moves a confirmed order to completed; `Pending` on a
     pending order (and `Completed` on a completed one) changes nothing; any other move raises
-    InvalidStatusTransition (409). A value other than Pending/Completed raises InvalidStatus (400).
+    InvalidStatusTransition (409) (`states.transition`). A value other than Pending/Completed
+    (`states.SETTABLE_STATUSES`) raises InvalidStatus (400). Raises OrderNotFound (404).
     The request is recorded in the audit log as `actor`; a move is announced to waiting requests.
     """
     target = SETTABLE_STATUSES.get(str(value).strip().lower()) if isinstance(value, str) else None
@@ -232,12 +232,7 @@ def set_status(session: Session, order_id: int, value: object, *, actor: str | N
     order = repo.lock(session, order_id)
     if order is None:
         raise OrderNotFound(order_id)
-    current = order.status
-    if current != target:
-        if not (current == OrderStatus.CONFIRMED and target == OrderStatus.COMPLETED):
-            raise InvalidStatusTransition(order_id, current, target.value)
-        order.status = target.value
-        order.updated_at = utcnow()
+    if transition(order, target):
         session.flush()
         _announce(session, order)
     _audit(session, actor, AuditAction.ORDER_STATUS, order)
@@ -249,17 +244,16 @@ def cancel_order(
 ) -> Order:
     """Cancel a pending or confirmed order; a confirmed order's stock goes back (ledger reason
     `release`). Cancelling a cancelled order changes nothing. Raises OrderNotFound, or
-    InvalidStatusTransition (409) for a completed, rejected or failed order. Recorded in the audit
-    log as `actor`; the cancellation is announced to waiting requests."""
+    InvalidStatusTransition (409) for a completed, rejected or failed order (`states.transition`).
+    Recorded in the audit log as `actor`; the cancellation is announced to waiting requests."""
     order = repo.lock(session, order_id)
     if order is None or (user_id is not None and order.user_id != user_id):
         raise OrderNotFound(order_id)
-    if order.status == OrderStatus.CANCELLED:
+    holds_stock = order.status in STOCK_HOLDING_STATUSES
+    if not transition(order, OrderStatus.CANCELLED):
         _audit(session, actor, AuditAction.ORDER_CANCEL, order)
         return get_order(session, order_id)
-    if order.status not in (OrderStatus.PENDING, OrderStatus.CONFIRMED):
-        raise InvalidStatusTransition(order_id, order.status, OrderStatus.CANCELLED.value)
-    if order.status == OrderStatus.CONFIRMED:
+    if holds_stock:
         for line in repo.lines_by_product(session, order_id):
             stock_after = products_repo.release_stock(session, line.product_id, line.quantity)
             products_repo.add_movement(
@@ -271,8 +265,6 @@ def cancel_order(
                 order_id=order_id,
                 actor=actor,
             )
-    order.status = OrderStatus.CANCELLED.value
-    order.updated_at = utcnow()
     session.flush()
     _announce(session, order)
     _audit(session, actor, AuditAction.ORDER_CANCEL, order)
