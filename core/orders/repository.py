@@ -29,16 +29,14 @@ from core.db import UTCDateTime
 from core.orders.models import IdempotencyKey, Order, OrderLine, OrderStatus
 
 
-def get(session: Session, order_id: int, *, for_update: bool = False) -> Order | None:
-    """The order with its lines loaded; `for_update` locks the order row (not the lines)."""
+def get(session: Session, order_id: int) -> Order | None:
+    """The order with its lines loaded (`lock` is the one way to lock an order)."""
     stmt = (
         select(Order)
         .where(Order.id == order_id)
         .options(joinedload(Order.lines))
         .execution_options(populate_existing=True)
     )
-    if for_update:
-        stmt = stmt.with_for_update(of=Order)
     return session.execute(stmt).unique().scalar_one_or_none()
 
 
