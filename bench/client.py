@@ -30,7 +30,8 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environm
         "the benchmark needs aiohttp, which is in the dev dependency group: run `uv sync` (without --no-dev)",
         name="aiohttp",
     ) from exc
-from bench.stats import FINAL_STATUSES, parse_timestamp
+from bench.stats import parse_timestamp
+from core.orders.states import SETTLED_STATUSES
 
 MOVEMENTS_PAGE = 500
 """The API's maximum `limit` (CONTRACT.md, "Products")."""
@@ -162,7 +163,7 @@ class OrderRecord:
 
     @property
     def is_final(self) -> bool:
-        return self.status in FINAL_STATUSES
+        return self.status in SETTLED_STATUSES
 
 
 def describe_response(reply: Reply) -> str:

@@ -36,7 +36,6 @@ from bench.client import (
     submit_order,
 )
 from bench.stats import (
-    STOCK_HOLDING_STATUSES,
     CheckResult,
     ProductState,
     best_final_time,
@@ -45,6 +44,7 @@ from bench.stats import (
     rate_per_second,
     summarize_latencies,
 )
+from core.orders.states import STOCK_HOLDING_STATUSES
 
 LONG_POLL_SECONDS = 10.0
 """`GET /orders/{id}?wait=` used to follow orders to their final state."""

@@ -51,9 +51,10 @@ from bench import anchors, procstat
 from bench.client import TRANSPORT_ERRORS, BenchError, Target, create_product, login
 from bench.phases import PRODUCT_PRICE, Product, Run, closed_loop, probe_order, setup_products
 from bench.report import machine_info, plot_sweep, timestamp
-from bench.stats import STOCK_HOLDING_STATUSES, count_by, percentile
+from bench.stats import count_by, percentile
 from bench.workers import wait_child_exit
 from bench.wrk import WrkResult, lua_script, ratio, run_wrk, wrk_command
+from core.orders.states import SETTLED_STATUSES, STOCK_HOLDING_STATUSES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -428,11 +429,11 @@ class Database:
         ).fetchall()
         statuses = {str(r[0]): int(r[1]) for r in rows}
         firsts = [float(r[2]) for r in rows if r[2] is not None]
-        lasts = [float(r[3]) for r in rows if r[3] is not None and r[0] != "pending"]
+        lasts = [float(r[3]) for r in rows if r[3] is not None and r[0] in SETTLED_STATUSES]
         return {
             "orders": sum(statuses.values()),
             "statuses": dict(sorted(statuses.items())),
-            "processed": sum(n for s, n in statuses.items() if s != "pending"),
+            "processed": sum(n for s, n in statuses.items() if s in SETTLED_STATUSES),
             "confirmed": sum(n for s, n in statuses.items() if s in STOCK_HOLDING_STATUSES),
             "first_created": min(firsts) if firsts else None,
             "last_processed": max(lasts) if lasts else None,
@@ -1171,7 +1172,7 @@ def open_figures(
     """Submit latency (intended start -> answer) and submit -> final from the database
     (processed_at - created_at) of the open model's orders."""
     answered = [s for s in samples if s.answered is not None]
-    finals = [t for oid, (status, t) in times.items() if t is not None and status != "pending"]
+    finals = [t for oid, (status, t) in times.items() if t is not None and status in SETTLED_STATUSES]
     return {
         "rate": rate,
         "duration_s": duration,

@@ -11,11 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-FINAL_STATUSES = frozenset({"confirmed", "rejected", "failed", "cancelled", "completed"})
-"""Order statuses an order never leaves on its own (CONTRACT.md, "Orders")."""
-
-STOCK_HOLDING_STATUSES = frozenset({"confirmed", "completed"})
-"""Final statuses whose order keeps its reserved stock deducted."""
+from core.orders.states import STOCK_HOLDING_STATUSES
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
