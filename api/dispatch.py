@@ -19,6 +19,7 @@ import asyncio
 import inspect
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,6 +27,9 @@ from api import metrics
 from workers.celery_app import enqueue_reserve_orders
 
 log = logging.getLogger("orderflow.api")
+
+#: How many deferred order ids a dispatcher remembers (`deferred`), oldest forgotten first.
+DEFERRED_MEMORY = 10_000
 
 
 class OrderDispatcher:
@@ -50,11 +54,25 @@ class OrderDispatcher:
         self._busy = False
         self._on_loop = inspect.iscoroutinefunction(send) or inspect.iscoroutinefunction(type(send).__call__)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="order-dispatch")
+        self._deferred: OrderedDict[int, None] = OrderedDict()
 
     @property
     def is_open(self) -> bool:
         """True while a failed publish keeps the breaker open (orders are left to the sweep)."""
         return time.monotonic() < self._open_until
+
+    def deferred(self, order_id: int) -> bool:
+        """True when `order_id` was submitted here and not sent (the breaker was open, or its
+        batch's publish failed): it waits for the outbox sweep. Remembers the last
+        `DEFERRED_MEMORY` such ids."""
+        return order_id in self._deferred
+
+    def _defer(self, ids: list[int]) -> None:
+        metrics.orders_submitted.labels("deferred").inc(len(ids))
+        for order_id in ids:
+            self._deferred[order_id] = None
+        while len(self._deferred) > DEFERRED_MEMORY:
+            self._deferred.popitem(last=False)
 
     def submit(self, order_ids: Iterable[int]) -> None:
         """Queue `order_ids` for the next batch; call from the event loop, after the commit."""
@@ -62,7 +80,7 @@ class OrderDispatcher:
         if not ids:
             return
         if self.is_open:
-            metrics.orders_submitted.labels("deferred").inc(len(ids))
+            self._defer(ids)
             return
         self._pending.extend(ids)
         if len(self._pending) >= self._max_batch:
@@ -116,7 +134,10 @@ class OrderDispatcher:
                 log.exception("sending orders %s failed; the sweep will send them", batch[:10])
             if not sent:
                 self._open_until = time.monotonic() + self._cooldown
-        metrics.orders_submitted.labels("yes" if sent else "deferred").inc(len(batch))
+        if sent:
+            metrics.orders_submitted.labels("yes").inc(len(batch))
+        else:
+            self._defer(batch)
         return sent
 
     async def drain(self) -> None:

@@ -8,9 +8,11 @@ async clients and short timeouts, never a blocking call on the event loop (STYLE
 
 Redis is given `timeout` seconds (`REDIS_EFFECT_TIMEOUT_SECONDS`, default 0.25) per request, for all
 its effects together, and none while the process's `core.redisconn.availability` says to skip Redis
-(for a second after a Redis step failed): a sick Redis costs a request that long at most, and most
-requests nothing. What then failed or was skipped is logged and bounded elsewhere: a stale listing by
-its TTL (`STORE_CACHE_SECONDS`), a lost event by the waiters' periodic re-read.
+(for a second after the rate limiter or the listing cache found it not answering): a sick Redis costs
+a request that long at most. An effect that timed out does not itself start the skip: on a loaded
+event loop a quarter of a second can pass without Redis being at fault, and the skip turns off the
+rate limit and the listing cache. What then failed or was skipped is logged and bounded elsewhere: a
+stale listing by its TTL (`STORE_CACHE_SECONDS`), a lost event by the waiters' periodic re-read.
 """
 
 from __future__ import annotations
@@ -70,7 +72,6 @@ class EffectRunner:
         try:
             await asyncio.wait_for(self._send(effects), self._timeout)
         except (TimeoutError, RedisError, OSError) as exc:
-            self._availability.failed()
             self._warn("; ".join(what), exc or type(exc).__name__)
 
     async def _send(self, effects: Effects) -> None:

@@ -25,7 +25,6 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from api import metrics
-from core import redisconn
 from core.events import OrderOutcome, Watch, hub
 from core.orders.models import OrderStatus
 
@@ -33,8 +32,8 @@ from core.orders.models import OrderStatus
 RETRY_AFTER_SECONDS = "1"
 #: How often a waiting response re-reads the order when no event woke it.
 RECHECK_SECONDS = 2.0
-#: How often a response waiting for an order it has just submitted checks that the order is still on
-#: its way to a worker (the dispatcher's circuit breaker, Redis's availability).
+#: How often a response waiting for an order it has just submitted checks that the dispatcher has not
+#: deferred it (left it to the outbox sweep).
 IN_FLIGHT_POLL_SECONDS = 0.1
 
 IdempotencyKeyHeader = Annotated[
@@ -101,6 +100,7 @@ Watches = Annotated[OrderWatches, Depends(order_watches)]
 
 
 class HasStatus(Protocol):
+    id: int
     status: str
 
 
@@ -186,20 +186,18 @@ def settling(
 ) -> SettlingResponse[S]:
     """A `SettlingResponse` whose re-read is `read(session)` on a short-lived read session of its own
     (the request's session is closed by then). `submitted`: the request has just handed the order to
-    the dispatcher, so the wait ends as soon as the dispatcher's circuit breaker is open or Redis is
-    being skipped after a failure (`core.redisconn.availability`): the order then waits for the outbox
-    sweep, `ORDER_SWEEP_AFTER_SECONDS` away, and the client gets its 202 now."""
+    the dispatcher, so the wait ends as soon as the dispatcher defers it (its breaker was open, or
+    the publish of its batch failed or timed out): the order then waits for the outbox sweep,
+    `ORDER_SWEEP_AFTER_SECONDS` away, and the client gets its 202 now."""
 
     async def reread() -> S:
         async with request.app.state.read_sessionmaker() as session:
             return await session.run_sync(read)
 
     dispatcher = request.app.state.dispatcher
-    redis_url = request.app.state.settings.redis_url
-    availability = redisconn.availability(redis_url) if redis_url else None
 
     def in_flight() -> bool:
-        return not dispatcher.is_open and not (availability is not None and availability.skipping)
+        return not dispatcher.deferred(order.id)
 
     return SettlingResponse(
         watch,

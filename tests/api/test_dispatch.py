@@ -69,6 +69,8 @@ async def test_a_failed_publish_opens_the_breaker_until_the_cooldown_ends():
     await settle(dispatcher)
     assert send.batches == [[1], [3]]
     assert not dispatcher.is_open
+    # The ids left to the sweep are known as deferred (a waiting request stops waiting for them).
+    assert [dispatcher.deferred(i) for i in (1, 2, 3)] == [True, True, False]
     dispatcher.close()
 
 
