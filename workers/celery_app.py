@@ -19,10 +19,11 @@ Configured for at-least-once processing that is safe to repeat:
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
-from celery import Celery, bootsteps
-from celery.signals import worker_process_init
+from celery import Celery
+from celery.signals import heartbeat_sent, worker_process_init, worker_ready, worker_shutdown
 
 from core.config import settings
 from core.db import dispose_sync_engine
@@ -100,38 +101,44 @@ HEARTBEAT_FILE = settings.data_dir / "worker.heartbeat"
 HEARTBEAT_INTERVAL_SECONDS = 5.0
 
 
-class HeartbeatFile(bootsteps.StartStopStep):
-    """Consumer bootstep: touch `HEARTBEAT_FILE` now and every `HEARTBEAT_INTERVAL_SECONDS` on the
-    consumer's timer, i.e. from the main process's event loop, so a file that stops ageing well means
-    the loop that receives and acknowledges tasks is running (what `celery inspect ping` checked).
-    Removed when the consumer stops."""
+class HeartbeatFile:
+    """Touch `HEARTBEAT_FILE` at most every `HEARTBEAT_INTERVAL_SECONDS`, from Celery's
+    `heartbeat_sent` signal: the worker's main process sends its heartbeat every 2 s from the event
+    loop that receives and acknowledges tasks, so a file that stops ageing well means that loop is
+    running (what `celery inspect ping` checked). Removed when the worker shuts down.
 
-    requires = {"celery.worker.consumer:Connection"}
+    (A consumer bootstep with its own repeating timer did the same, but kept the main process alive
+    after a warm shutdown under load until the grace period ended; the signal adds nothing to the
+    loop.)"""
 
-    def __init__(self, parent: object, **kwargs: object) -> None:
-        super().__init__(parent, **kwargs)
-        self.path: Path = HEARTBEAT_FILE
-        self.tref = None
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._last = 0.0
 
-    def beat(self) -> None:
+    def beat(self, **_: object) -> None:
+        now = time.monotonic()
+        if now - self._last < HEARTBEAT_INTERVAL_SECONDS:
+            return
+        self._last = now
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.touch()
         except OSError as exc:
             _log.warning("heartbeat file %s not touched: %s", self.path, exc)
 
-    def start(self, parent: object) -> None:
+    def start(self, **_: object) -> None:
+        self._last = 0.0
         self.beat()
-        self.tref = parent.timer.call_repeatedly(HEARTBEAT_INTERVAL_SECONDS, self.beat)
 
-    def stop(self, parent: object) -> None:
-        if self.tref is not None:
-            self.tref.cancel()
-            self.tref = None
+    def remove(self, **_: object) -> None:
         self.path.unlink(missing_ok=True)
 
 
-app.steps["consumer"].add(HeartbeatFile)
+heartbeat_file = HeartbeatFile(HEARTBEAT_FILE)
+# Connected at import, before a worker builds its heart (Celery reads the receivers then).
+heartbeat_sent.connect(heartbeat_file.beat, weak=False)
+worker_ready.connect(heartbeat_file.start, weak=False)
+worker_shutdown.connect(heartbeat_file.remove, weak=False)
 
 
 @worker_process_init.connect
