@@ -1,4 +1,4 @@
-"""The store API's rate limit (CONTRACT.md, "Store API"; issue 4, item 2).
+"""The store API's rate limit (CONTRACT.md, "Store API").
 
 `STORE_RATE_LIMIT` (default `100/hour`) requests per `manager_id`, counted in Redis so that every API
 process shares one budget (in this process's memory on the embedded default, which has one process).

@@ -1,5 +1,5 @@
 """The audit log: one row per write of the core API and the store API (CONTRACT.md, "Store API",
-last point; issue 4 item 4). See docs/audit.md."""
+last point). See docs/audit.md."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The audit log (CONTRACT.md, "Store API": "every write is also stored in an `audit_log` table";
-issue 4 item 4). See docs/audit.md for what is recorded.
+"""The audit log (CONTRACT.md, "Store API": "every write is also stored in an `audit_log` table").
+See docs/audit.md for what is recorded.
 
 A write records its row on the session of the write itself, before the edge commits, so the row and
 the change it describes commit or roll back together: a failed write (a 404, a 400, a rollback)

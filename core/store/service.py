@@ -20,7 +20,8 @@ from core.errors import DomainError, InvalidInput, OrderNotFound, ProductNotFoun
 from core.events import OrderOutcome
 from core.orders import service as orders
 from core.orders.intake import Intake, OrderRequest, OrderView, submit_order
-from core.orders.models import Order, OrderStatus
+from core.orders.models import Order
+from core.orders.states import STOCK_HOLDING_STATUSES
 from core.products import repository as products_repo
 from core.products import service as products
 from core.products.models import MovementReason, Product
@@ -29,7 +30,7 @@ from core.store.ids import format_order_id, format_product_id
 from core.store.schemas import InventoryBatch, InventoryItem, InventoryItemIn
 
 #: Order statuses the store reports as `processed`: the stock is reserved.
-PROCESSED_STATUSES = frozenset({OrderStatus.CONFIRMED, OrderStatus.COMPLETED})
+PROCESSED_STATUSES = STOCK_HOLDING_STATUSES
 
 _ID_IN_MESSAGE = re.compile(r"\bID (\d+)\b")
 

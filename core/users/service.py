@@ -1,6 +1,6 @@
 """User use cases: registration, the first admin, reads, password and role changes.
 
-Rules come from CONTRACT.md, "Users and authentication", and issue 3:
+Rules come from CONTRACT.md, "Users and authentication":
 
 * anyone may register a `customer`; any other role needs an admin (403 otherwise);
 * a user reads themself; admins read and list everyone; another user's id is reported as missing
@@ -10,7 +10,7 @@ Rules come from CONTRACT.md, "Users and authentication", and issue 3:
 * only admins bind a store `manager_id` to an account (403 otherwise), only to a `manager` account
   (400 otherwise), and one id to one account at most (409); a manager who loses the `manager` role
   loses the binding with it. With `STORE_REQUIRE_AUTH=true` a manager acts in the store API only
-  for the `manager_id` bound to them (`manager_binding`; issue 4 item 5).
+  for the `manager_id` bound to them (`manager_binding`; CONTRACT.md, "Store API").
 
 Password hashing is slow by design (bcrypt): these functions take an already computed hash where they
 write one, so that callers on an event loop can hash in a thread first. Functions never commit.
@@ -220,7 +220,7 @@ def change_user(
 def manager_binding(session: Session, user_id: int) -> str | None:
     """The store API `manager_id` bound to the user (e.g. `mgr_123`), or None when the user has
     none or does not exist. With `STORE_REQUIRE_AUTH=true`, a `manager` may act in the store API
-    only for this id (admins for any, customers for none; CONTRACT.md, "Store API"; issue 4 item 5).
+    only for this id (admins for any, customers for none; CONTRACT.md, "Store API").
     Reads the database every time, so an unbinding takes effect at once."""
     return repo.manager_id_of(session, user_id)
 

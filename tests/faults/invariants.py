@@ -12,10 +12,12 @@ from collections.abc import Iterable
 
 import psycopg
 
+from core.orders.states import SETTLED_STATUSES, STOCK_HOLDING_STATUSES
 from tests.faults.load import Tally
 
-FINAL = {"confirmed", "completed", "rejected", "cancelled", "failed"}
-HOLDS_STOCK = {"confirmed", "completed"}
+#: Settled (left `pending`) and holding stock, from the state machine (`core.orders.states`).
+FINAL = {status.value for status in SETTLED_STATUSES}
+HOLDS_STOCK = {status.value for status in STOCK_HOLDING_STATUSES}
 
 
 def pending_count(conn: psycopg.Connection) -> int:
