@@ -97,10 +97,8 @@ def test_a_busy_worker_exits_soon_after_sigterm_and_loses_no_order():
     finally:
         stop_worker_process(restarted)
     if lingered:
-        # Seen with a consumer bootstep that kept a repeating timer ("Warm shutdown", the running
-        # tasks succeed, then the main process stays up): fixed by touching the heartbeat file from
-        # Celery's heartbeat_sent signal instead. The same symptom was reported in containers
-        # without that step and not reproduced here, so a recurrence is reported as XFAIL, once the
+        # A known, intermittent defect (docs/operations.md, "Health and readiness"): after "Warm shutdown" the
+        # main process receives one more message, runs it, then stays up. Reported as XFAIL once the
         # no-loss guarantee above has been checked, rather than hidden.
         pytest.xfail(f"the worker still ran 30 s after SIGTERM and was SIGKILLed; see {worker.log_path}")
     assert worker.returncode == 0, worker.log_path
