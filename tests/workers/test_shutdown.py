@@ -97,9 +97,9 @@ def test_a_busy_worker_exits_soon_after_sigterm_and_loses_no_order():
     finally:
         stop_worker_process(restarted)
     if lingered:
-        # A known, intermittent defect (docs/operations.md, "Health and readiness"): after "Warm shutdown" the
-        # main process receives one more message, runs it, then stays up. Reported as XFAIL once the
-        # no-loss guarantee above has been checked, rather than hidden.
+        # A known, intermittent defect (docs/operations.md, "Health and readiness"): after
+        # "Warm shutdown" the main process receives one more message, runs it, then stays up.
+        # Reported as XFAIL once the no-loss guarantee above has been checked, rather than hidden.
         pytest.xfail(f"the worker still ran 30 s after SIGTERM and was SIGKILLed; see {worker.log_path}")
     assert worker.returncode == 0, worker.log_path
     assert took < EXIT_BOUND_SECONDS, (took, worker.log_path)
