@@ -35,7 +35,7 @@ def start_container_worker(name: str, **env: str) -> subprocess.Popen:
     log_path = LOG_DIR / f"{node.split('@')[0]}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "worker", "--concurrency", "2", "-n", node],
+            [sys.executable, "-m", "orderflow", "worker", "--concurrency", "2", "-n", node],
             env={**os.environ, "LOG_LEVEL": "INFO", **env},
             stdout=log,
             stderr=subprocess.STDOUT,
