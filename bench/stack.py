@@ -9,7 +9,8 @@ CLI (`migrate`), the Celery app module `workers.celery_app`, and the tables `ord
 
 Phases, in order (docs/benchmark.md, "Whole stack"):
 
-1. a fresh database `orderflow_bench_<pid>`, migrated with `python -m core.cli migrate`;
+1. a fresh database `orderflow_bench_<pid>`, migrated with `python -m orderflow migrate` (`python -m
+   core.cli migrate` in a checkout from before the CLI left `core`; `cli_module`);
 2. anchors: the bare endpoint under wrk, then the Celery no-op (M tasks end to end);
 3. the stack: uvicorn (`--api-processes`), one Celery worker (`--worker-processes`); products;
 4. closed loop with wrk (warm-up, then the measured window, until every order of the window is
@@ -335,6 +336,13 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def cli_module(project: Path) -> str:
+    """The module that runs the `orderflow` command in the checkout `project`: `orderflow` when it has
+    `orderflow/cli.py`, else `core.cli` (where the command lived before it left `core`), so that an
+    older commit can still be measured as the "before" run."""
+    return "orderflow" if (project / "orderflow" / "cli.py").is_file() else "core.cli"
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
@@ -627,7 +635,9 @@ class StackRun:
             self.note("Redis did not report its process id: no 'redis' CPU figures")
         started = time.monotonic()
         code = self._run_once(
-            "migrate", [str(self.python), "-m", "core.cli", "migrate"], within=self.args.ready_timeout * 2
+            "migrate",
+            [str(self.python), "-m", cli_module(self.project), "migrate"],
+            within=self.args.ready_timeout * 2,
         )
         if code != 0:
             raise BenchError(f"migrate exited with {code} (log: {self.log('migrate')})")

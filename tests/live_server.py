@@ -55,11 +55,11 @@ def live_server(
     port: int = 0,
     start_timeout: float = 90,
 ) -> Iterator[LiveServer]:
-    """Start `command` (default: `python -m core.cli serve`) with `--port` appended, wait until
+    """Start `command` (default: `python -m orderflow serve`) with `--port` appended, wait until
     `/healthz` answers 200 (at most `start_timeout` seconds: imports and migrations take a while on a
     busy 2-core machine), yield, then stop it with SIGTERM."""
     port = port or free_port()
-    argv = [*(command or [sys.executable, "-m", "core.cli", "serve"]), "--port", str(port)]
+    argv = [*(command or [sys.executable, "-m", "orderflow", "serve"]), "--port", str(port)]
     log_path = data_dir / "serve.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

@@ -35,7 +35,7 @@ def embedded_server(tmp_path: Path):
     )
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "orderflow", "serve", "--port", str(port)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -113,7 +113,7 @@ def test_the_readme_walk_throughs_run_as_written(tmp_path: Path):
     command = [
         "bash",
         "-c",
-        f'exec env {serve.replace("uv run orderflow", f"{sys.executable} -m core.cli")} "$@"',
+        f'exec env {serve.replace("uv run orderflow", f"{sys.executable} -m orderflow")} "$@"',
         "serve",
     ]
     env = embedded_env(tmp_path)

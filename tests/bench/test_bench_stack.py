@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from bench.cli import UsageError, build_stack_parser, main, validate_stack
 from bench.report import render_stack
 from bench.stack import (
     OpenSample,
+    cli_module,
     closed_figures,
     confirmed_rate,
     frame_function,
@@ -268,6 +270,14 @@ def test_poisson_schedule() -> None:
     assert len(poisson_schedule(200.0, 10.0, random.Random(1), cap=50)) == 50
     with pytest.raises(ValueError):
         poisson_schedule(0, 10.0, random.Random(1), cap=10)
+
+
+def test_cli_module_follows_the_checkout(tmp_path: Path) -> None:
+    assert cli_module(tmp_path) == "core.cli"  # a checkout from before the CLI left core
+    (tmp_path / "orderflow").mkdir()
+    (tmp_path / "orderflow" / "cli.py").write_text("")
+    assert cli_module(tmp_path) == "orderflow"
+    assert cli_module(Path(__file__).resolve().parents[2]) == "orderflow"  # this checkout
 
 
 def test_parse_counts() -> None:

@@ -418,7 +418,7 @@ class Stack:
         upgrade(self.pg.url)
 
     def start_api(self) -> None:
-        command = [sys.executable, "-m", "core.cli", "serve", "--host", HOST, "--port", str(self.api_port),
+        command = [sys.executable, "-m", "orderflow", "serve", "--host", HOST, "--port", str(self.api_port),
                    "--workers", str(self.api_processes), "--no-migrate"]  # fmt: skip
         self.api = launch("api", command, self.env(), self.log("api"))
         self.launched.append(self.api)

@@ -1,4 +1,8 @@
-"""The `orderflow` command (typer): serve, worker, beat, migrate, create-user, demo, bench."""
+"""The `orderflow` command (typer): serve, worker, beat, migrate, create-user, demo, bench.
+
+The composition root: it names the API (`api.main:app`) and the Celery app (`workers.celery_app`) and
+calls into `core`; `bench` is imported only inside the `bench` command, so the running service never
+loads it. Run as the installed `orderflow` script or as `python -m orderflow`."""
 
 from __future__ import annotations
 
@@ -205,7 +209,3 @@ def bench(ctx: typer.Context) -> None:
     from bench.cli import main
 
     raise typer.Exit(main(list(ctx.args)))
-
-
-if __name__ == "__main__":
-    app()
