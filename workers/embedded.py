@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from celery.worker import WorkController, state
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 class _ReadyWorkController(WorkController):
     """A WorkController that signals when its consumer is ready (no signal handlers installed)."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.ready = threading.Event()
         super().__init__(*args, **kwargs)
 
@@ -78,7 +79,9 @@ class EmbeddedWorker:
         self._stop.set()
         if self._worker is None or self._thread is None:
             return
-        state.should_terminate = 0
+        # celery-types declares `should_terminate: None`, but Celery stores an exit code (or True) there
+        # to make the worker's loop stop (celery.worker.state.maybe_shutdown).
+        state.should_terminate = 0  # type: ignore[assignment]
         self._thread.join(timeout)
         state.should_terminate = None
         if self._sweeper is not None:

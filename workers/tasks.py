@@ -119,13 +119,14 @@ def _fail(order_id: int, reason: str) -> str | None:
 
 
 @app.task(name=PROCESS_ORDER, bind=True, max_retries=settings.task_max_retries)
-def process_order(self: Task, order_id: int) -> str | None:
+def process_order(self: Task[[int], str | None], order_id: int) -> str | None:
     """Reserve stock for order `order_id` and confirm or reject it (`core.orders.reservation`, with
     one id). Safe to run more than once for the same id. Returns the order's status afterwards."""
     try:
         status = _reserve_one(order_id)
     except Exception as exc:
-        if is_transient(exc) and self.request.retries < self.max_retries:
+        # max_retries None is Celery's "retry forever"; this task always sets an int.
+        if is_transient(exc) and (self.max_retries is None or self.request.retries < self.max_retries):
             log.warning("order %s: transient database fault, retrying: %s", order_id, exc)
             raise self.retry(exc=exc, countdown=backoff_seconds(self.request.retries)) from exc
         if is_transient(exc):
