@@ -17,9 +17,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.context import request_id_var
 from api.methods import allowed_methods
 from api.nul_characters import NUL_ERROR_TYPE
+from core.context import request_id_var
 from core.errors import DomainError, Unauthorized
 
 log = logging.getLogger("orderflow.api")

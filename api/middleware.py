@@ -1,7 +1,7 @@
 """The request context middleware (pure ASGI, outermost of the app's own middleware).
 
 For every HTTP request it: takes the client's `X-Request-ID` when it is a sane token or makes one,
-puts it in `api.context.request_id_var` and on the response; records the Prometheus request metrics;
+puts it in `core.context.request_id_var` and on the response; records the Prometheus request metrics;
 writes one access log line; and turns any exception that escaped the handlers into the generic 500
 envelope, logged with the request id and its traceback (which never leaves the process).
 """
@@ -18,8 +18,8 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
-from api.context import request_id_var
 from api.errors import internal_error_body
+from core.context import request_id_var
 
 access_log = logging.getLogger("orderflow.access")
 error_log = logging.getLogger("orderflow.api")

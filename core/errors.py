@@ -135,15 +135,3 @@ class Conflict(DomainError):
     status = 409
     code = "CONFLICT"
     title = "Conflict"
-
-
-class RateLimitExceeded(DomainError):
-    status = 429
-    code = "RATE_LIMIT_EXCEEDED"
-    title = "Too many requests"
-
-
-class ServiceUnavailable(DomainError):
-    status = 503
-    code = "SERVICE_UNAVAILABLE"
-    title = "Service unavailable"

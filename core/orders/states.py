@@ -63,9 +63,6 @@ IDEMPOTENT_STATUSES = frozenset({_S.PENDING, _S.COMPLETED, _S.CANCELLED})
 #: The status every order starts in (stored, queued).
 INITIAL_STATUS = _S.PENDING
 
-#: Statuses an order never leaves: those with no move out.
-FINAL_STATUSES = frozenset(status for status, targets in TRANSITIONS.items() if not targets)
-
 #: What the worker's reservation decides: stock reserved and deducted, or a business rule failed.
 RESERVATION_OUTCOMES = frozenset({_S.CONFIRMED, _S.REJECTED})
 

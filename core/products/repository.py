@@ -20,7 +20,7 @@ from core.products.schemas import ProductFilter
 MAX_STOCK = 2_147_483_647
 
 
-def _live() -> Select[tuple[Product]]:
+def _live() -> Select[Product]:
     return select(Product).where(Product.deleted_at.is_(None))
 
 
@@ -46,7 +46,7 @@ def snapshot_for_order(session: Session, product_ids: Sequence[int]) -> dict[int
     return {row.id: row for row in rows}
 
 
-def _filtered(flt: ProductFilter) -> Select[tuple[Product]]:
+def _filtered(flt: ProductFilter) -> Select[Product]:
     stmt = _live()
     if flt.q:
         escaped = flt.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -278,30 +278,25 @@ def lock_manager(session: Session, manager_id: str) -> None:
         )
 
 
-def by_ids(session: Session, product_ids: Sequence[int], *, for_update: bool = False) -> dict[int, Product]:
-    """`{id: product}` of the live products among `product_ids`, optionally locked in id order."""
+def by_ids(session: Session, product_ids: Sequence[int]) -> dict[int, Product]:
+    """`{id: product}` of the live products among `product_ids`, locked (`FOR UPDATE`) in id order."""
     if not product_ids:
         return {}
-    stmt = _live().where(Product.id.in_(list(product_ids))).order_by(Product.id)
-    if for_update:
-        stmt = stmt.with_for_update()
+    stmt = _live().where(Product.id.in_(list(product_ids))).order_by(Product.id).with_for_update()
     return {p.id: p for p in session.execute(stmt).scalars()}
 
 
-def of_manager_by_name(
-    session: Session, manager_id: str, names: Sequence[str], *, for_update: bool = False
-) -> dict[str, Product]:
-    """`{name: product}` of the manager's live products with one of `names` (exact match). Were two
-    products to share a name, the lowest id wins."""
+def of_manager_by_name(session: Session, manager_id: str, names: Sequence[str]) -> dict[str, Product]:
+    """`{name: product}` of the manager's live products with one of `names` (exact match), locked
+    (`FOR UPDATE`). Were two products to share a name, the lowest id wins."""
     if not names:
         return {}
     stmt = (
         _live()
         .where(Product.manager_id == manager_id, Product.name.in_(list(set(names))))
         .order_by(Product.id.desc())
+        .with_for_update()
     )
-    if for_update:
-        stmt = stmt.with_for_update()
     return {p.name: p for p in session.execute(stmt).scalars()}
 
 

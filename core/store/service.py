@@ -88,9 +88,9 @@ def upsert_inventory(
     items = batch.products
     products_repo.lock_manager(session, manager)
     _check_unique(items)
-    by_id = products_repo.by_ids(session, [i.id for i in items if i.id is not None], for_update=True)
+    by_id = products_repo.by_ids(session, [i.id for i in items if i.id is not None])
     names = [i.name for i in items if i.name is not None]
-    by_name = products_repo.of_manager_by_name(session, manager, names, for_update=True)
+    by_name = products_repo.of_manager_by_name(session, manager, names)
 
     targets: list[Product | None] = []
     for index, item in enumerate(items):

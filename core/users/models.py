@@ -25,9 +25,6 @@ class Role(StrEnum):
     CUSTOMER = "customer"
 
 
-#: Roles that write products and stock and act on every order.
-STAFF_ROLES = frozenset({Role.ADMIN, Role.MANAGER})
-
 _ROLE_CHECK = "role IN (" + ", ".join(f"'{r.value}'" for r in Role) + ")"
 
 
