@@ -1,48 +1,12 @@
-"""The store API's rate limit (CONTRACT.md, "Store API").
+"""The store API's rate limit (CONTRACT.md, "Store API"): `StoreRateLimitMiddleware`, pure ASGI.
 
-`STORE_RATE_LIMIT` (default `100/hour`) requests per `manager_id`, counted in Redis so that every API
-process shares one budget (in this process's memory on the embedded default, which has one process).
-The counting is done by the `limits` library; this module only chooses the key and renders HTTP.
-
-Strategy: **moving window** (`limits.aio.strategies.MovingWindowRateLimiter`). Each accepted request
-is a timestamp in a Redis list trimmed to the limit, added by one atomic Lua script, so the count is
-exact across processes and there is no burst at a window boundary (a fixed window lets a manager spend
-200 requests in two minutes around the hour). The price is one list of at most `limit` timestamps per
-key (100 floats for the default) and a binary search over it per request; a rejected request adds no
-entry, so a client that keeps retrying does not push its own reset further away. The sliding window
-counter would be cheaper still but is an approximation, and the contract states an exact 100 per hour.
-
-Key: `manager:<manager_id>` when the request names one, read where the store routes read it: the
-query string of a GET or HEAD (the body is ignored), the top-level string `manager_id` of a JSON
-object body for the other methods (the query string when the body has none); 1-64 characters. Reading
-it from the place the route uses keeps a client from spending another manager's name's budget while
-acting as its own. Without one the key is `client:<address>` (the peer address of the connection;
-behind a proxy, the proxy's, unless uvicorn is run with `--proxy-headers`). With
-`STORE_REQUIRE_AUTH=true`, a request with no `Authorization` header is keyed by its address too: it
-will be refused, and must not spend the budget of the manager it names. Redis keys
-are `{REDIS_KEY_PREFIX}orderflow:ratelimit:LIMITER/<key>/<amount>/<multiple>/<unit>`.
-
-Headers (draft-ietf-httpapi-ratelimit-headers-07, the three-field form) on every `/api/` response,
-including the app's own 400/404/500 and this module's 413/429:
-
-* `RateLimit-Limit`: the amount of the limit (`100`);
-* `RateLimit-Remaining`: requests left in the window after this one;
-* `RateLimit-Reset`: whole seconds (at least 1) until the oldest request in the window expires, i.e.
-  until one more request will be accepted;
-* `RateLimit-Policy`: the limit and its window in seconds (`100;w=3600`).
-
-Over the limit: 429 with the store envelope, code `RATE_LIMIT_EXCEEDED`, and `Retry-After` (RFC 9110,
-section 10.2.3; whole seconds, at least 1, equal to `RateLimit-Reset`).
-
-The body is read here (to find `manager_id`) and replayed to the app; it is capped at 1 MiB, above
-which the answer is 413 `PAYLOAD_TOO_LARGE` without reading further.
-
-Redis unreachable or not answering: the request is served without a limit and without the headers
-(fail open: the limit protects the service, it must not be the reason the service is down), a warning
-is logged at most every 30 s, and `orderflow_store_rate_limit_unavailable_total` counts the requests.
-The check waits at most `REDIS_TIMEOUT_SECONDS` (default 0.25 s) on Redis; after a failure neither
-the limiter nor the listing cache asks Redis again for one second (`core.redisconn.Availability`),
-so a frozen Redis costs a request at most that bound, and the process at most one bound per second.
+`STORE_RATE_LIMIT` (default `100/hour`) requests per `manager_id` (else per client address), as a
+moving window counted by the `limits` library in Redis (in this process's memory on the embedded
+default). This module chooses the key, reads the body (at most 1 MiB, else 413) and renders HTTP: the
+`RateLimit-*` headers on every `/api/` response, 429 `RATE_LIMIT_EXCEEDED` with `Retry-After` (RFC 9110,
+section 10.2.3) over the limit, and fail open when Redis does not answer within
+`REDIS_TIMEOUT_SECONDS`. The rule, the key, the headers, the Redis keys and why a moving window:
+docs/ratelimit.md.
 """
 
 from __future__ import annotations
