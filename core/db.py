@@ -24,7 +24,7 @@ from psycopg import pq
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, make_url
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -177,7 +177,7 @@ def make_async_engine(cfg: Settings = settings, **options: Any) -> AsyncEngine:
     return engine
 
 
-def make_async_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:
+def make_async_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TypedDict
 
 import redis
 import redis.asyncio as aioredis
@@ -36,7 +37,23 @@ _client: redis.Redis | None = None
 _availability: dict[str, Availability] = {}
 
 
-def client_options(cfg: Settings = settings) -> dict[str, object]:
+class ClientOptions(TypedDict):
+    """`client_options()`: keyword arguments of a `redis` client or pool (timeouts in seconds)."""
+
+    socket_timeout: float
+    socket_connect_timeout: float
+    retry: Retry
+
+
+class AsyncClientOptions(TypedDict):
+    """`async_client_options()`: the same for `redis.asyncio`, with its own `Retry` class."""
+
+    socket_timeout: float
+    socket_connect_timeout: float
+    retry: AsyncRetry
+
+
+def client_options(cfg: Settings = settings) -> ClientOptions:
     """Keyword arguments of every orderflow Redis client and pool: the socket timeouts of
     `REDIS_SOCKET_TIMEOUT_SECONDS`; no retry of a timeout; one retry (no backoff) of a command that
     found its pooled connection closed."""
@@ -47,7 +64,7 @@ def client_options(cfg: Settings = settings) -> dict[str, object]:
     }
 
 
-def async_client_options(cfg: Settings = settings) -> dict[str, object]:
+def async_client_options(cfg: Settings = settings) -> AsyncClientOptions:
     """`client_options` for `redis.asyncio` clients and pools."""
     return {
         **client_options(cfg),

@@ -24,7 +24,7 @@ def insert_rows(session: Session, rows: Sequence[dict[str, Any]]) -> None:
         session.execute(insert(AuditEntry).values(list(rows[start : start + INSERT_CHUNK])))
 
 
-def _filtered(flt: AuditFilter) -> Select[tuple[AuditEntry]]:
+def _filtered(flt: AuditFilter) -> Select[AuditEntry]:
     stmt = select(AuditEntry)
     for column, value in (
         (AuditEntry.actor, flt.actor),

@@ -176,7 +176,7 @@ async def submit_order(session: AsyncSession, request: OrderRequest) -> Intake:
     another body. A replay returns the first order (`replayed=True`) and dispatches nothing.
     On PostgreSQL `session` should be in autocommit mode (the API's intake session): the statement is
     then its own transaction."""
-    if session.bind.dialect.name != "postgresql":
+    if session.get_bind().dialect.name != "postgresql":
         return await session.run_sync(_submit_sync, request)
     fingerprint = _fingerprint(request) if request.idempotency_key is not None else None
     now = utcnow()
@@ -219,7 +219,9 @@ async def _connection(session: AsyncSession) -> AsyncIterator[AsyncConnection[An
             yield conn
     else:
         fairy = await (await session.connection()).get_raw_connection()
-        yield fairy.driver_connection
+        driver: AsyncConnection[Any] | None = fairy.driver_connection
+        assert driver is not None  # None only once the pooled connection was invalidated
+        yield driver
 
 
 async def _run(conn: AsyncConnection[Any], params: dict[str, Any]) -> tuple[Any, Any]:

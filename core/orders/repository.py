@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -104,7 +105,9 @@ _RECORD_OUTCOME_SQLITE = (
 _CURRENT_OUTCOME = select(Order.status, Order.error, Order.updated_at).where(Order.id == bindparam("oid"))
 
 
-def lock_for_reservation(session: Session, order_ids: Sequence[int]) -> list[Row]:
+def lock_for_reservation(
+    session: Session, order_ids: Sequence[int]
+) -> list[Row[int, str, str | None, int | None, int | None]]:
     """Lock the orders `order_ids` in one statement, in id order (PostgreSQL `SELECT ... FOR NO KEY
     UPDATE OF orders`; SQLite's `BEGIN IMMEDIATE` already serialises), and return their rows
     `(id, status, manager_id, product_id, quantity)`, one per line, ordered by order id then product
@@ -116,7 +119,9 @@ def lock_for_reservation(session: Session, order_ids: Sequence[int]) -> list[Row
     return list(session.connection().execute(stmt, {"ids": list(order_ids)}))
 
 
-def record_outcomes(session: Session, outcomes: Sequence[tuple[int, str, dict | None]], at: datetime) -> None:
+def record_outcomes(
+    session: Session, outcomes: Sequence[tuple[int, str, dict[str, Any] | None]], at: datetime
+) -> None:
     """Record the worker's decisions `(order_id, status, error object or None)`: status, error, one
     more attempt, processed/updated at `at`. One `UPDATE ... FROM unnest(...)` on PostgreSQL."""
     if not outcomes:
@@ -135,7 +140,7 @@ def record_outcomes(session: Session, outcomes: Sequence[tuple[int, str, dict | 
         conn.execute(_RECORD_OUTCOME_SQLITE, rows)
 
 
-def current_outcome(session: Session, order_id: int) -> Row | None:
+def current_outcome(session: Session, order_id: int) -> Row[str, dict[str, Any] | None, datetime] | None:
     """`(status, error, updated_at)` of the order, or None when it does not exist."""
     return session.connection().execute(_CURRENT_OUTCOME, {"oid": order_id}).one_or_none()
 

@@ -7,7 +7,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from core.orders.states import SETTABLE_STATUSES
 from core.types import MAX_QUANTITY, Id, Money, Quantity
@@ -129,8 +136,8 @@ class OrderRead(BaseModel):
     updated_at: datetime
 
     @model_serializer(mode="wrap")
-    def _drop_one_line_fields(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
+    def _drop_one_line_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
         if self.product_id is None:
             data.pop("product_id", None)
             data.pop("quantity", None)

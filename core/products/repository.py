@@ -100,8 +100,9 @@ def add_stock(session: Session, product_id: int, quantity: int) -> int | None:
     row = session.execute(stmt).one_or_none()
     if row is None:
         return None
-    cache.touch(session, row.manager_id)
-    return row.stock
+    stock, manager_id = row
+    cache.touch(session, manager_id)
+    return stock
 
 
 # --- the worker's batch reservation (core.orders.reservation) ------------------------------------
@@ -207,9 +208,9 @@ def release_stock(session: Session, product_id: int, quantity: int) -> int:
         .values(stock=Product.stock + quantity, updated_at=utcnow())
         .returning(Product.stock, Product.manager_id)
     )
-    row = session.execute(stmt).one()
-    cache.touch(session, row.manager_id)
-    return row.stock
+    stock, manager_id = session.execute(stmt).one()
+    cache.touch(session, manager_id)
+    return stock
 
 
 def add_movement(
@@ -235,7 +236,7 @@ def add_movement(
     return movement
 
 
-def add_movements(session: Session, rows: list[dict]) -> None:
+def add_movements(session: Session, rows: list[dict[str, Any]]) -> None:
     """Insert ledger rows, in one statement on PostgreSQL (`INSERT ... SELECT FROM unnest(...)`).
     `rows`: dicts with every key of `product_id, delta, stock_after, reason, order_id, actor, at`."""
     if not rows:

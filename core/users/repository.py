@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -121,9 +122,14 @@ def credentials(session: Session, username: str) -> tuple[int, str, str, str] | 
 def swap_password_hash(session: Session, user_id: int, old_hash: str, new_hash: str) -> bool:
     """`UPDATE users SET password_hash = new WHERE id = ... AND password_hash = old`; True if a row
     changed (a concurrent password change wins)."""
-    result = session.execute(
-        update(User)
-        .where(User.id == user_id, User.password_hash == old_hash)
-        .values(password_hash=new_hash, updated_at=utcnow())
+    # An UPDATE without RETURNING gives a CursorResult (it has `rowcount`); Session.execute's stub
+    # says Result for every statement.
+    result = cast(
+        "CursorResult[Any]",
+        session.execute(
+            update(User)
+            .where(User.id == user_id, User.password_hash == old_hash)
+            .values(password_hash=new_hash, updated_at=utcnow())
+        ),
     )
     return bool(result.rowcount)
