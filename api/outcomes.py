@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Generic, Protocol, TypeVar
 
 from fastapi import Depends, Header, Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -100,8 +101,13 @@ Watches = Annotated[OrderWatches, Depends(order_watches)]
 
 
 class HasStatus(Protocol):
-    id: int
-    status: str
+    """An order view that `settling` can wait on (read-only, so frozen dataclasses qualify)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def status(self) -> str: ...
 
 
 S = TypeVar("S", bound=HasStatus)
@@ -191,7 +197,8 @@ def settling(
     `ORDER_SWEEP_AFTER_SECONDS` away, and the client gets its 202 now."""
 
     async def reread() -> S:
-        async with request.app.state.read_sessionmaker() as session:
+        sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.read_sessionmaker
+        async with sessionmaker() as session:
             return await session.run_sync(read)
 
     dispatcher = request.app.state.dispatcher
