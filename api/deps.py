@@ -25,7 +25,7 @@ F = TypeVar("F", bound=Any)
 def single_statement(endpoint: F) -> F:
     """Mark a route whose write is one atomic statement (order intake): on PostgreSQL its session runs
     in autocommit mode, so no BEGIN/COMMIT round trips are paid (`core.orders.intake`)."""
-    endpoint.single_statement = True  # type: ignore[attr-defined]
+    endpoint.single_statement = True
     return endpoint
 
 
