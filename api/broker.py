@@ -43,9 +43,9 @@ def reserve_orders_message(order_ids: list[int], app: Celery = celery_app) -> by
     message = app.amqp.create_task_message(
         task_id, RESERVE_ORDERS, args, {}, origin=anon_nodename(), ignore_result=None
     )
-    content_type, content_encoding, body = dumps(message.body, serializer="json")
-    if isinstance(body, str):
-        body = body.encode(content_encoding)
+    # kombu returns the payload as str or bytes depending on the serializer (its stub says str).
+    content_type, content_encoding, payload = dumps(message.body, serializer="json")
+    body: bytes = payload.encode(content_encoding) if isinstance(payload, str) else payload
     properties = {
         **message.properties,
         "delivery_mode": 2,
