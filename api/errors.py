@@ -10,6 +10,7 @@ in a response; a 500 is logged with its request id instead.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -60,7 +61,9 @@ def store_envelope(code: str, message: str, details: dict[str, Any] | None = Non
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
 
-def error_body(path: str, title: str, message: str, code: str, details: dict[str, Any] | None = None) -> dict:
+def error_body(
+    path: str, title: str, message: str, code: str, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The error body for `path`: the store envelope under `/api/`, the core envelope elsewhere."""
     if is_store_path(path):
         return store_envelope(code, message, details)
@@ -132,7 +135,7 @@ def _field_message(entity: str, err: dict[str, Any]) -> tuple[str, str]:
 
 def validation_details(request: Request, errors: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     entity = _entity(request)
-    fields = []
+    fields: list[dict[str, Any]] = []
     for err in errors:
         dotted, text = _field_message(entity, err)
         source = str(err["loc"][0]) if err.get("loc") else "body"
@@ -144,7 +147,7 @@ def validation_details(request: Request, errors: list[dict[str, Any]]) -> tuple[
     return " ".join(seen), {"fields": fields}
 
 
-def store_field_path(loc: tuple | list) -> str:
+def store_field_path(loc: Sequence[int | str]) -> str:
     """A pydantic error location as the store API names fields: `products[0].price`; query
     parameters by their name (`status`)."""
     out = ""
@@ -223,7 +226,7 @@ def store_validation_details(
     `details.field` names the first field that failed (CONTRACT.md, "Store API") and
     `details.fields` lists each one as `{field, message, type}`. A body sent with another
     `Content-Type` than JSON is not read as JSON, and the message says so."""
-    fields = []
+    fields: list[dict[str, Any]] = []
     not_json = content_type is not None and "json" not in content_type.lower()
     for err in errors:
         kind = err.get("type")

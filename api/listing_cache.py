@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -67,15 +68,17 @@ class ListingCache:
 
     @staticmethod
     async def _lookup(redis: aioredis.Redis, manager_id: str, status: str) -> tuple[str | None, bytes | None]:
-        raw = await redis.get(cache.version_key(manager_id))
+        # Our clients leave `decode_responses` off, so GET gives bytes; redis-py types it `bytes | str`
+        # whatever that option says.
+        raw = cast(bytes | None, await redis.get(cache.version_key(manager_id)))
         if raw is None:
             # First read of this manager (or the key was evicted): start a fresh version.
             await redis.set(cache.version_key(manager_id), cache.new_version(), nx=True)
-            raw = await redis.get(cache.version_key(manager_id))
+            raw = cast(bytes | None, await redis.get(cache.version_key(manager_id)))
             if raw is None:
                 return None, None
         version = raw.decode()
-        return version, await redis.get(cache.entry_key(manager_id, version, status))
+        return version, cast(bytes | None, await redis.get(cache.entry_key(manager_id, version, status)))
 
     async def store(self, manager_id: str, status: str, version: str | None, body: bytes) -> None:
         """Keep `body` under `version` for `ttl` seconds (nothing when `version` is None)."""

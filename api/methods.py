@@ -12,6 +12,7 @@ a path does not support is 405 with `Allow`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from fastapi import FastAPI
@@ -35,10 +36,10 @@ class _MethodNotAllowed:
         raise HTTPException(status_code=405)
 
 
-def _routes(routes: Iterable[BaseRoute]) -> list[tuple[str, set[str], object]]:
+def _routes(routes: Iterable[BaseRoute]) -> list[tuple[str, set[str], re.Pattern[str]]]:
     """(path template, methods, compiled path pattern) of every HTTP route of the app, through the
     included routers, leaving out the 405 routes added here."""
-    found = []
+    found: list[tuple[str, set[str], re.Pattern[str]]] = []
     for context in iter_route_contexts(list(routes)):
         methods, path = context.methods, context.path
         if not methods or not path or isinstance(context.endpoint, _MethodNotAllowed):

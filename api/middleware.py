@@ -94,7 +94,8 @@ class RequestContextMiddleware:
 
 def header(scope: Scope, name: bytes) -> str | None:
     """The first value of request header `name` (lower-case bytes), or None."""
-    for key, value in scope.get("headers", []):
+    headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+    for key, value in headers:
         if key == name:
             return value.decode("latin-1")
     return None

@@ -19,7 +19,7 @@ class ErrorBody(BaseModel):
     request_id: str = Field(examples=["8f2c1d0e6b7a4c3e9f1a2b3c4d5e6f70"])
 
 
-def _ex(error: str, message: str, code: str, details: dict[str, Any] | None = None) -> dict:
+def _ex(error: str, message: str, code: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "error": error,
         "message": message,

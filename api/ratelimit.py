@@ -80,7 +80,9 @@ def make_storage(cfg: Settings, pool: aioredis.ConnectionPool | None = None) -> 
         implementation="redispy",
         key_prefix=limiter_key_prefix(cfg),
         wrap_exceptions=True,
-        connection_pool=pool,
+        # limits passes `connection_pool` on to redis-py (its documented option) but types every
+        # option as `float | str | bool`.
+        connection_pool=pool,  # type: ignore[arg-type]
     )
 
 

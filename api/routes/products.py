@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,7 +31,7 @@ _400 = ["invalid_input", "negative_stock"]
 
 
 async def _audit(
-    session: AsyncSession, actor: str, action: str, product_id: int, details: dict | None = None
+    session: AsyncSession, actor: str, action: str, product_id: int, details: dict[str, Any] | None = None
 ) -> None:
     """Record the write in the audit log, in the request's transaction (committed with it)."""
     await session.run_sync(

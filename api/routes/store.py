@@ -14,7 +14,7 @@ credentials: an admin may act for any `manager_id`, a manager only for the one b
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security, status
 from fastapi.responses import JSONResponse
@@ -59,7 +59,7 @@ router = APIRouter(prefix="/api", tags=["store"])
 
 #: Credentials are optional in the OpenAPI document: the routes take them only with
 #: STORE_REQUIRE_AUTH=true (an empty requirement is appended to the two schemes).
-OPTIONAL_AUTH = {"security": [{}]}
+OPTIONAL_AUTH: dict[str, Any] = {"security": [{}]}
 #: HTTP status of a rejected order, by the rejection's code (CONTRACT.md: 400/404).
 REJECTION_STATUS = {"PRODUCT_NOT_FOUND": 404, "ORDER_NOT_FOUND": 404}
 

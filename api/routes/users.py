@@ -30,7 +30,8 @@ UserId = Annotated[int, Path(ge=1, le=MAX_ID, description="User id"), DecimalDig
 
 
 def _auth(request: Request) -> Authenticator:
-    return request.app.state.auth
+    auth: Authenticator = request.app.state.auth
+    return auth
 
 
 @router.post(
