@@ -7,6 +7,8 @@ Configured for at-least-once processing that is safe to repeat:
   redelivered; `reserve_orders` (a batch from the API's dispatcher or the sweep) and `process_order`
   (one order) re-check each order's status under a lock, so a second run is harmless.
 * Prefetch multiplier 1 (`WORKER_PREFETCH_MULTIPLIER`): a busy worker does not hoard messages.
+* The prefork pool of workers/pool.py: a busy worker told to stop (SIGTERM) finishes the tasks its
+  pool processes are running and exits in seconds.
 * Redis visibility timeout (`BROKER_VISIBILITY_TIMEOUT_SECONDS`, default 600 s) longer than any task
   and its retry countdowns, so a slow task is not handed to a second worker.
 * Task events on, so Flower sees the workers and tasks.
@@ -49,6 +51,9 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
+    # Celery's prefork pool, with its warm-shutdown fault mended (workers/pool.py); `--pool prefork`
+    # on the command line also picks this one.
+    worker_pool="workers.pool:TaskPool",
     task_default_queue=ORDERS_QUEUE,
     task_routes={
         RESERVE_ORDERS: {"queue": ORDERS_QUEUE},
