@@ -38,7 +38,8 @@ def load_demo_catalog(
 ) -> list[int]:
     """Create `count` demo products in one transaction, in batches of `BATCH_SIZE` through
     `core.products.service.create_products` (each opening stock is a `create` movement of the ledger,
-    actor `demo`). `on_progress(done, count)` is called after each batch. Returns the new ids."""
+    actor `demo`, written by `core.inventory.open_stocks`). `on_progress(done, count)` is called
+    after each batch. Returns the new ids."""
     items = demo_products(count, seed)
     ids: list[int] = []
     with session_scope() as session:

@@ -37,8 +37,8 @@ from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
 from core.db import statement_pool, utcnow
 from core.errors import Conflict, InvalidInput
+from core.inventory import unorderable
 from core.orders import service
-from core.orders.checks import unorderable
 from core.orders.states import INITIAL_STATUS
 from core.uow import effects_of
 

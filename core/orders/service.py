@@ -9,8 +9,9 @@ Rules come from CONTRACT.md, "Orders" and "Processing guarantees":
   statement and `place_order` here serves the SQLite default).
 * `reserve_order` is the reservation of one order: `reservation.reserve_orders` with one id.
 * Every status move goes through `core.orders.states` (the transition table and `transition`).
-* Cancelling a `confirmed` order releases its stock, in product-id order with ledger rows. A status
-  move or a cancellation is announced to the waiting requests after the commit (`core.events`).
+* Cancelling a `confirmed` order releases its stock (`core.inventory.release`: in product-id order,
+  with ledger rows). A status move or a cancellation is announced to the waiting requests after the
+  commit (`core.events`).
 
 Functions take a synchronous `Session` and never commit.
 """
@@ -25,6 +26,7 @@ from decimal import Decimal
 
 from sqlalchemy.orm import Session
 
+from core import inventory
 from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
 from core.db import utcnow
@@ -32,7 +34,6 @@ from core.errors import Conflict, InvalidInput, InvalidStatus, OrderNotFound
 from core.events import OrderOutcome
 from core.orders import repository as repo
 from core.orders import reservation
-from core.orders.checks import unorderable
 from core.orders.models import Order, OrderLine
 from core.orders.states import (
     INITIAL_STATUS,
@@ -43,7 +44,6 @@ from core.orders.states import (
     transition,
 )
 from core.products import repository as products_repo
-from core.products.models import MovementReason
 from core.uow import effects_of
 
 #: The largest order total that `orders.total_price NUMERIC(14, 2)` holds.
@@ -94,7 +94,7 @@ def place_order(
             return _replay(session, idempotency, fingerprint)
 
     products = products_repo.snapshot_for_order(session, [pid for pid, _ in lines])
-    refusal = unorderable(lines, products, manager_id)
+    refusal = inventory.unorderable(lines, products, manager_id)
     if refusal is not None:
         raise refusal
 
@@ -254,17 +254,8 @@ def cancel_order(
         _audit(session, actor, AuditAction.ORDER_CANCEL, order)
         return get_order(session, order_id)
     if holds_stock:
-        for line in repo.lines_by_product(session, order_id):
-            stock_after = products_repo.release_stock(session, line.product_id, line.quantity)
-            products_repo.add_movement(
-                session,
-                product_id=line.product_id,
-                delta=line.quantity,
-                stock_after=stock_after,
-                reason=MovementReason.RELEASE,
-                order_id=order_id,
-                actor=actor,
-            )
+        lines = repo.lines_by_product(session, order_id)
+        inventory.release(session, order_id, [(line.product_id, line.quantity) for line in lines], actor)
     session.flush()
     _announce(session, order)
     _audit(session, actor, AuditAction.ORDER_CANCEL, order)

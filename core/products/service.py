@@ -1,5 +1,5 @@
-"""Product use cases (CONTRACT.md, "Products"). Every stock change writes a stock movement in the
-same transaction; stock never goes below zero (conditional updates plus a CHECK constraint).
+"""Product use cases (CONTRACT.md, "Products"). Every stock change goes through `core.inventory`,
+which writes its stock movement in the same transaction and keeps stock from going below zero.
 
 Functions take a synchronous `Session` (the API runs them through `AsyncSession.run_sync`) and raise
 `core.errors` exceptions; they never commit.
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from core import inventory
 from core.db import utcnow
-from core.errors import InsufficientStock, InvalidInput, ProductNotFound
+from core.errors import ProductNotFound
 from core.products import repository as repo
-from core.products.models import MovementReason, Product, StockMovement
+from core.products.models import Product, StockMovement
 from core.products.schemas import ProductCreate, ProductFilter, ProductUpdate
 
 
@@ -38,15 +39,7 @@ def create_product(session: Session, data: ProductCreate, actor: str | None = No
     product = Product(**data.model_dump(), created_at=now, updated_at=now)
     session.add(product)
     session.flush()
-    if product.stock:
-        repo.add_movement(
-            session,
-            product_id=product.id,
-            delta=product.stock,
-            stock_after=product.stock,
-            reason=MovementReason.CREATE,
-            actor=actor,
-        )
+    inventory.open_stock(session, product, actor)
     return product
 
 
@@ -58,22 +51,7 @@ def create_products(session: Session, items: list[ProductCreate], actor: str | N
     products = [Product(**data.model_dump(), created_at=now, updated_at=now) for data in items]
     session.add_all(products)
     session.flush()
-    repo.add_movements(
-        session,
-        [
-            {
-                "product_id": product.id,
-                "delta": product.stock,
-                "stock_after": product.stock,
-                "reason": MovementReason.CREATE,
-                "order_id": None,
-                "actor": actor,
-                "at": now,
-            }
-            for product in products
-            if product.stock
-        ],
-    )
+    inventory.open_stocks(session, products, actor, now)
     return products
 
 
@@ -91,17 +69,8 @@ def update_product(
         if value is None and field != "manager_id":
             continue  # an explicit null keeps the value of a non-nullable field
         setattr(product, field, value)
-    if new_stock is not None and new_stock != product.stock:
-        delta = new_stock - product.stock
-        product.stock = new_stock
-        repo.add_movement(
-            session,
-            product_id=product.id,
-            delta=delta,
-            stock_after=new_stock,
-            reason=MovementReason.ADJUSTMENT,
-            actor=actor,
-        )
+    if new_stock is not None:
+        inventory.adjust(session, product, new_stock, actor)
     product.updated_at = utcnow()
     session.flush()
     return product
@@ -118,42 +87,16 @@ def delete_product(session: Session, product_id: int) -> None:
 
 
 def increment_stock(session: Session, product_id: int, quantity: int, actor: str | None = None) -> Product:
-    """Add `quantity` (>= 1) units. Raises ProductNotFound, or InvalidInput when the stock would
-    exceed `repository.MAX_STOCK` (stock is left unchanged)."""
-    new_stock = repo.add_stock(session, product_id, quantity)
-    if new_stock is None:
-        product = get_product(session, product_id)
-        raise InvalidInput(
-            f"Stock cannot exceed {repo.MAX_STOCK} units: {product.name} has {product.stock} "
-            f"and you requested {quantity} more.",
-            {"product_id": product.id, "stock": product.stock, "requested": quantity},
-        )
-    repo.add_movement(
-        session,
-        product_id=product_id,
-        delta=quantity,
-        stock_after=new_stock,
-        reason=MovementReason.INCREMENT,
-        actor=actor,
-    )
+    """Add `quantity` (>= 1) units (`core.inventory.increment`). Raises ProductNotFound, or
+    InvalidInput when the stock would exceed `repository.MAX_STOCK` (stock is left unchanged)."""
+    inventory.increment(session, product_id, quantity, actor)
     return _refreshed(session, product_id)
 
 
 def decrement_stock(session: Session, product_id: int, quantity: int, actor: str | None = None) -> Product:
-    """Remove `quantity` (>= 1) units. Raises ProductNotFound, or InsufficientStock when fewer than
-    `quantity` units are on hand (stock is left unchanged)."""
-    new_stock = repo.add_stock(session, product_id, -quantity)
-    if new_stock is None:
-        product = get_product(session, product_id)
-        raise InsufficientStock(product.id, product.name, product.stock, quantity)
-    repo.add_movement(
-        session,
-        product_id=product_id,
-        delta=-quantity,
-        stock_after=new_stock,
-        reason=MovementReason.DECREMENT,
-        actor=actor,
-    )
+    """Remove `quantity` (>= 1) units (`core.inventory.decrement`). Raises ProductNotFound, or
+    InsufficientStock when fewer than `quantity` units are on hand (stock is left unchanged)."""
+    inventory.decrement(session, product_id, quantity, actor)
     return _refreshed(session, product_id)
 
 
@@ -162,7 +105,7 @@ def list_movements(
 ) -> tuple[list[StockMovement], int]:
     """The product's stock movement ledger, oldest first. Raises ProductNotFound."""
     get_product(session, product_id)
-    return repo.list_movements(session, product_id, limit, offset)
+    return inventory.list_movements(session, product_id, limit, offset)
 
 
 def _refreshed(session: Session, product_id: int) -> Product:

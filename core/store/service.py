@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from core import inventory
 from core.db import utcnow
 from core.errors import DomainError, InvalidInput, OrderNotFound, ProductNotFound
 from core.events import OrderOutcome
@@ -24,7 +25,7 @@ from core.orders.models import Order
 from core.orders.states import STOCK_HOLDING_STATUSES
 from core.products import repository as products_repo
 from core.products import service as products
-from core.products.models import MovementReason, Product
+from core.products.models import Product
 from core.products.schemas import ProductCreate
 from core.store.ids import format_order_id, format_product_id
 from core.store.schemas import InventoryBatch, InventoryItem, InventoryItemIn
@@ -77,8 +78,10 @@ def upsert_inventory(
 
     An item with `id` updates that product; an item whose name is one of the manager's products
     updates it; any other item creates a product of that manager. `quantity` sets the stock on hand;
-    a change is written to the stock movement ledger (`create` or `adjustment`, actor `actor`). A
-    product's `discontinued` flag is left as it is. Every item is checked before anything is written:
+    a change is written to the stock movement ledger through `core.inventory` (`create` or
+    `adjustment`, actor `actor`). A product's `discontinued` flag is left as it is. The products
+    named are locked in one statement, in ascending id order (the global lock order of CONTRACT.md,
+    "Processing guarantees"). Every item is checked before anything is written:
     raises ProductNotFound (404) for an `id` that does not exist or is another manager's, and
     InvalidInput (400, `details.field` naming the item) for two items naming the same product or an
     update that would give the product the name of another of the manager's products.
@@ -88,9 +91,9 @@ def upsert_inventory(
     items = batch.products
     products_repo.lock_manager(session, manager)
     _check_unique(items)
-    by_id = products_repo.by_ids(session, [i.id for i in items if i.id is not None])
+    ids = [i.id for i in items if i.id is not None]
     names = [i.name for i in items if i.name is not None]
-    by_name = products_repo.of_manager_by_name(session, manager, names)
+    by_id, by_name = products_repo.lock_for_upsert(session, manager, ids, names)
 
     targets: list[Product | None] = []
     for index, item in enumerate(items):
@@ -157,17 +160,8 @@ def _update(
         product.name = item.name
     if item.price is not None:
         product.price = item.price
-    if item.quantity is not None and item.quantity != product.stock:
-        delta = item.quantity - product.stock
-        product.stock = item.quantity
-        products_repo.add_movement(
-            session,
-            product_id=product.id,
-            delta=delta,
-            stock_after=product.stock,
-            reason=MovementReason.ADJUSTMENT,
-            actor=actor,
-        )
+    if item.quantity is not None:
+        inventory.adjust(session, product, item.quantity, actor)
     product.updated_at = now
     return product
 

@@ -32,12 +32,12 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import select
 
+from core import inventory
 from core.db import session_scope
 from core.errors import InsufficientStock, InvalidStatusTransition
 from core.orders import reservation
 from core.orders import service as orders
 from core.orders.models import Order, OrderLine, OrderStatus
-from core.products import repository as products_repo
 from core.products import service as products
 from core.products.models import Product
 from core.products.schemas import ProductCreate
@@ -155,7 +155,7 @@ class ReservationMachine(RuleBasedStateMachine):
                 held[product_id] += quantity
             for product_id in self.product_ids:
                 assert stock[product_id] >= 0
-                assert stock[product_id] == products_repo.ledger_sum(session, product_id)
+                assert stock[product_id] == inventory.ledger_sum(session, product_id)
                 expected = self.opening[product_id] + self.adjusted[product_id] - held[product_id]
                 assert stock[product_id] == expected, (product_id, stock[product_id], expected)
 

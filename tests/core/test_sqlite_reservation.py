@@ -7,11 +7,11 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from core import inventory
 from core.config import Settings
 from core.db import make_sync_engine
 from core.migrate import upgrade
 from core.orders import service as orders
-from core.products import repository as products_repo
 from core.products import service as products
 from core.products.schemas import ProductCreate
 
@@ -30,7 +30,7 @@ def test_a_failing_line_reserves_none_of_the_order(tmp_path: Path):
     with Session(engine) as session:
         assert products.get_product(session, a).stock == 5
         assert products.get_product(session, b).stock == 2
-        assert products_repo.ledger_sum(session, a) == 5
+        assert inventory.ledger_sum(session, a) == 5
         order = orders.get_order(session, order_id)
         assert order.error["code"] == "INSUFFICIENT_STOCK"
     engine.dispose()

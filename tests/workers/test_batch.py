@@ -19,13 +19,13 @@ import redis
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
+from core import inventory
 from core.config import Settings, settings
 from core.db import get_sync_engine, make_sync_engine, session_scope
 from core.events import CHANNEL, decode
 from core.migrate import upgrade
 from core.orders import reservation
 from core.orders import service as orders
-from core.products import repository as products_repo
 from core.products import service as products
 from core.products.schemas import ProductCreate, ProductUpdate
 from core.uow import effects_of
@@ -168,7 +168,7 @@ def test_each_rule_rejects_with_its_reason_and_a_batch_is_all_or_nothing_per_ord
     ]
     for pid in (a, e):
         with session_scope() as s:
-            assert products_repo.ledger_sum(s, pid) == stock_of(pid)
+            assert inventory.ledger_sum(s, pid) == stock_of(pid)
 
 
 def test_only_pending_orders_are_decided_and_missing_or_repeated_ids_are_ignored():
@@ -251,7 +251,7 @@ def test_the_embedded_default_sqlite_runs_the_same_batch_with_the_same_outcomes(
                     q for i, ls in lines.items() if expected[i][0] == "confirmed" for p, q in ls if p == pid
                 )
                 assert products.get_product(s, pid).stock == start - taken
-                assert products_repo.ledger_sum(s, pid) == start - taken
+                assert inventory.ledger_sum(s, pid) == start - taken
     finally:
         engine.dispose()
 
