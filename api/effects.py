@@ -61,18 +61,13 @@ class EffectRunner:
             cache.memory.invalidate(sorted(effects.listings))
             events.hub.deliver(effects.events)
             return
-        what = []
-        if effects.listings:
-            what.append(f"listing cache not invalidated for {sorted(effects.listings)[:5]}")
-        if effects.events:
-            what.append(f"order events {[o.order_id for o in effects.events][:5]} not published")
         if self._availability.skipping:
-            self._warn("; ".join(what), "Redis is being skipped after a failure")
+            self._warn(effects, "Redis is being skipped after a failure")
             return
         try:
             await asyncio.wait_for(self._send(effects), self._timeout)
         except (TimeoutError, RedisError, OSError) as exc:
-            self._warn("; ".join(what), exc or type(exc).__name__)
+            self._warn(effects, exc or type(exc).__name__)
 
     async def _send(self, effects: Effects) -> None:
         """The Redis effects in one pipeline (one round trip): new listing-cache versions, then the
@@ -85,8 +80,15 @@ class EffectRunner:
                 pipe.publish(events.CHANNEL, events.encode(effects.events))
             await pipe.execute()
 
-    def _warn(self, what: str, why: object) -> None:
+    def _warn(self, effects: Effects, why: object) -> None:
+        """Log what was lost, at most once every `_QUIET_SECONDS` (the message is built only then)."""
         now = time.monotonic()
-        if now - self._last_warning >= _QUIET_SECONDS:
-            self._last_warning = now
-            log.warning("%s: %s", what, why)
+        if now - self._last_warning < _QUIET_SECONDS:
+            return
+        self._last_warning = now
+        what = []
+        if effects.listings:
+            what.append(f"listing cache not invalidated for {sorted(effects.listings)[:5]}")
+        if effects.events:
+            what.append(f"order events {[o.order_id for o in effects.events][:5]} not published")
+        log.warning("%s: %s", "; ".join(what), why)
