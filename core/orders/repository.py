@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, overload
 
 from sqlalchemy import (
     JSON,
@@ -31,7 +31,7 @@ from core.orders.models import IdempotencyKey, Order, OrderLine, OrderStatus
 
 
 def get(session: Session, order_id: int) -> Order | None:
-    """The order with its lines loaded (`lock` is the one way to lock an order)."""
+    """The order with its lines loaded, not locked (`lock` is the one way to lock orders)."""
     stmt = (
         select(Order)
         .where(Order.id == order_id)
@@ -41,13 +41,6 @@ def get(session: Session, order_id: int) -> Order | None:
     return session.execute(stmt).unique().scalar_one_or_none()
 
 
-# populate_existing: what a lock returns is the row as it is now, even if this session had read it.
-_LOCK_ORDER = (
-    select(Order)
-    .where(Order.id == bindparam("oid"))
-    .with_for_update()
-    .execution_options(populate_existing=True)
-)
 _LINES_BY_PRODUCT = (
     select(OrderLine).where(OrderLine.order_id == bindparam("oid")).order_by(OrderLine.product_id)
 )
@@ -64,12 +57,21 @@ _ORDERS_WITH_LINES = (
     .select_from(outerjoin(Order, OrderLine, OrderLine.order_id == Order.id))
     .order_by(Order.id, OrderLine.product_id)
 )
-# Rows are locked in the ORDER BY's order (order id), so two batches sharing orders cannot deadlock.
-# FOR NO KEY UPDATE (the lock an UPDATE takes) still conflicts with every other status writer's lock.
-_LOCK_FOR_RESERVATION_PG = _ORDERS_WITH_LINES.where(
-    Order.id == any_(bindparam("ids", type_=_INT_ARRAY))
-).with_for_update(of=Order.__table__, key_share=True)
-_LOCK_FOR_RESERVATION_SQLITE = _ORDERS_WITH_LINES.where(Order.id.in_(bindparam("ids", expanding=True)))
+# The one lock of orders (`lock`): rows in ascending order id, FOR NO KEY UPDATE OF orders (the lock an
+# UPDATE of a non-key column takes), which conflicts with every other status writer's lock while
+# leaving foreign-key checks (lines, ledger rows, idempotency keys naming the order) unblocked. Two
+# transactions locking overlapping sets of orders therefore wait on each other in one order and
+# cannot deadlock. SQLite ignores row locks: its `BEGIN IMMEDIATE` transactions already serialise.
+_PG_IDS = Order.id == any_(bindparam("ids", type_=_INT_ARRAY))
+_SQLITE_IDS = Order.id.in_(bindparam("ids", expanding=True))
+_LOCK_ORDERS_WITH_LINES_PG = _ORDERS_WITH_LINES.where(_PG_IDS).with_for_update(
+    of=Order.__table__, key_share=True
+)
+_LOCK_ORDERS_WITH_LINES_SQLITE = _ORDERS_WITH_LINES.where(_SQLITE_IDS)
+# populate_existing: a locked order is the row as it is now, even if this session had read it.
+_ORDERS = select(Order).order_by(Order.id).execution_options(populate_existing=True)
+_LOCK_ORDERS_PG = _ORDERS.where(_PG_IDS).with_for_update(of=Order.__table__, key_share=True)
+_LOCK_ORDERS_SQLITE = _ORDERS.where(_SQLITE_IDS)
 
 _OUTCOMES = (
     func.unnest(
@@ -105,18 +107,38 @@ _RECORD_OUTCOME_SQLITE = (
 _CURRENT_OUTCOME = select(Order.status, Order.error, Order.updated_at).where(Order.id == bindparam("oid"))
 
 
-def lock_for_reservation(
-    session: Session, order_ids: Sequence[int]
-) -> list[Row[int, str, str | None, int | None, int | None]]:
-    """Lock the orders `order_ids` in one statement, in id order (PostgreSQL `SELECT ... FOR NO KEY
-    UPDATE OF orders`; SQLite's `BEGIN IMMEDIATE` already serialises), and return their rows
+#: A row of `lock(..., with_lines=True)`: `(id, status, manager_id, product_id, quantity)`.
+LockedLine = Row[int, str, str | None, int | None, int | None]
+
+
+@overload
+def lock(
+    session: Session, order_ids: Sequence[int], *, with_lines: Literal[False] = False
+) -> list[Order]: ...
+@overload
+def lock(session: Session, order_ids: Sequence[int], *, with_lines: Literal[True]) -> list[LockedLine]: ...
+def lock(
+    session: Session, order_ids: Sequence[int], *, with_lines: bool = False
+) -> list[Order] | list[LockedLine]:
+    """Lock the orders `order_ids` in one statement, in ascending id order (PostgreSQL `SELECT ...
+    FOR NO KEY UPDATE OF orders`; SQLite's `BEGIN IMMEDIATE` already serialises): the only way to
+    lock orders, for one order (a status move, a cancellation, `failed`) and for the worker's batch.
+    Missing ids give nothing.
+
+    Returns the `Order` objects (lines not loaded) in id order; with `with_lines`, instead the rows
     `(id, status, manager_id, product_id, quantity)`, one per line, ordered by order id then product
-    id (an order without lines gives one row with `product_id` None). Missing ids give no row."""
+    id (an order without lines gives one row with `product_id` None): what a batch reservation reads,
+    in the same round trip."""
     if not order_ids:
         return []
-    pg = session.connection().dialect.name == "postgresql"
-    stmt = _LOCK_FOR_RESERVATION_PG if pg else _LOCK_FOR_RESERVATION_SQLITE
-    return list(session.connection().execute(stmt, {"ids": list(order_ids)}))
+    conn = session.connection()
+    pg = conn.dialect.name == "postgresql"
+    params = {"ids": list(order_ids)}
+    if with_lines:
+        stmt = _LOCK_ORDERS_WITH_LINES_PG if pg else _LOCK_ORDERS_WITH_LINES_SQLITE
+        rows: list[LockedLine] = list(conn.execute(stmt, params))
+        return rows
+    return list(session.execute(_LOCK_ORDERS_PG if pg else _LOCK_ORDERS_SQLITE, params).scalars())
 
 
 def record_outcomes(
@@ -143,11 +165,6 @@ def record_outcomes(
 def current_outcome(session: Session, order_id: int) -> Row[str, dict[str, Any] | None, datetime] | None:
     """`(status, error, updated_at)` of the order, or None when it does not exist."""
     return session.connection().execute(_CURRENT_OUTCOME, {"oid": order_id}).one_or_none()
-
-
-def lock(session: Session, order_id: int) -> Order | None:
-    """Lock the order row (SELECT ... FOR UPDATE) without loading its lines."""
-    return session.execute(_LOCK_ORDER, {"oid": order_id}).scalar_one_or_none()
 
 
 def lines_by_product(session: Session, order_id: int) -> list[OrderLine]:

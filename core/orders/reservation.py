@@ -65,7 +65,7 @@ def _lock_pending_orders(session: Session, order_ids: Iterable[int]) -> dict[int
     """Lock the orders and return the pending ones with their lines, in order-id order."""
     ids = sorted(set(order_ids))
     pending: dict[int, inventory.OrderLines] = {}
-    for row in repo.lock_for_reservation(session, ids):
+    for row in repo.lock(session, ids, with_lines=True):
         if row.status not in RESERVABLE_STATUSES:
             continue
         order = pending.get(row.id)

@@ -191,7 +191,7 @@ def mark_failed(session: Session, order_id: int, reason: str) -> str | None:
     order) and register its outcome event. An order that can no longer become `failed`
     (`states.can_move`) is left as it is, without an error. Returns the status afterwards, or None
     when the order does not exist."""
-    order = repo.lock(session, order_id)
+    order = _lock(session, order_id)
     if order is None:
         return None
     if can_move(order.status, OrderStatus.FAILED):
@@ -229,7 +229,7 @@ def set_status(session: Session, order_id: int, value: object, *, actor: str | N
     target = SETTABLE_STATUSES.get(str(value).strip().lower()) if isinstance(value, str) else None
     if target is None:
         raise InvalidStatus(value)
-    order = repo.lock(session, order_id)
+    order = _lock(session, order_id)
     if order is None:
         raise OrderNotFound(order_id)
     if transition(order, target):
@@ -246,7 +246,7 @@ def cancel_order(
     `release`). Cancelling a cancelled order changes nothing. Raises OrderNotFound, or
     InvalidStatusTransition (409) for a completed, rejected or failed order (`states.transition`).
     Recorded in the audit log as `actor`; the cancellation is announced to waiting requests."""
-    order = repo.lock(session, order_id)
+    order = _lock(session, order_id)
     if order is None or (user_id is not None and order.user_id != user_id):
         raise OrderNotFound(order_id)
     holds_stock = order.status in STOCK_HOLDING_STATUSES
@@ -260,6 +260,12 @@ def cancel_order(
     _announce(session, order)
     _audit(session, actor, AuditAction.ORDER_CANCEL, order)
     return get_order(session, order_id)
+
+
+def _lock(session: Session, order_id: int) -> Order | None:
+    """The order, locked (`repo.lock`, the one way to lock orders), or None when it does not exist."""
+    found = repo.lock(session, [order_id])
+    return found[0] if found else None
 
 
 def _announce(session: Session, order: Order) -> None:
