@@ -5,12 +5,13 @@
   commit and then one event message for the whole batch. If the batch's transaction fails for any
   reason, its orders are processed one by one, so one bad order cannot fail its neighbours.
 * `process_order(order_id)` is the per-order task: a failed batch's orders whose fault was transient,
-  and single re-sends. It retries only transient database faults (lost connection, deadlock,
-  serialization failure, statement timeout, pool timeout), with exponential backoff and full jitter,
-  at most `TASK_MAX_RETRIES` times; then the order is set `failed`. Any other exception is a bug that
-  a retry would only repeat: it is logged with its traceback and the order is set `failed` at once
-  (its reservation was rolled back, so no stock is held). Were the database unreachable even for
-  that, the order stays `pending` and the outbox sweep sends it again later.
+  and single re-sends. It retries through Celery's own options (`ProcessOrderTask`): only transient
+  database faults (`TRANSIENT_DB_ERRORS`: lost connection, deadlock, serialization failure, statement
+  timeout, pool timeout), with exponential backoff capped at `TASK_RETRY_BACKOFF_MAX_SECONDS` and full
+  jitter, at most `TASK_MAX_RETRIES` times; then its `on_failure` sets the order `failed`. Any other
+  exception is a bug that a retry would only repeat: it is logged with its traceback and the order is
+  set `failed` at once (its reservation was rolled back, so no stock is held). Were the database
+  unreachable even for that, the order stays `pending` and the outbox sweep sends it again later.
 
 Every task is safe to run again with the same ids (late ack and redelivery, CONTRACT.md "Processing
 guarantees"): the reservation re-reads each order under a lock and leaves those that left `pending`.
@@ -20,11 +21,13 @@ Order events and listing invalidations are after-commit effects of the unit of w
 from __future__ import annotations
 
 import logging
-import random
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
+from billiard.einfo import ExceptionInfo
 from celery import Task
+from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -37,9 +40,21 @@ from workers.celery_app import PROCESS_ORDER, RESERVE_ORDERS, SWEEP_PENDING_ORDE
 
 log = logging.getLogger(__name__)
 
+
+class ConnectionInvalidated(Exception):
+    """A database error after which SQLAlchemy dropped the connection (`DBAPIError` with
+    `connection_invalidated`, e.g. the server restarted): `process_order` re-raises such an error as
+    this type, so that `autoretry_for`, which matches by type, retries it."""
+
+
 #: Database faults worth another try: the connection dropped, a deadlock or serialization failure was
 #: detected, or no pooled connection came free in time.
-TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError, PoolTimeout)
+TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    PoolTimeout,
+    ConnectionInvalidated,
+)
 #: The most order ids the outbox sweep puts in one `reserve_orders` message.
 SWEEP_BATCH_SIZE = 100
 #: What a batch reports for an order it did not decide (missing, or no longer pending).
@@ -54,10 +69,14 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
-def backoff_seconds(retries: int, cap: float | None = None) -> float:
-    """Exponential backoff with full jitter: uniform(0, min(cap, 2 ** retries)) seconds."""
-    limit = min(cap if cap is not None else settings.task_retry_backoff_max_seconds, 2**retries)
-    return random.uniform(0, limit)
+def retry_countdown(retries: int) -> float:
+    """Seconds before retry number `retries + 1` of `process_order`: Celery's own backoff (the one its
+    `retry_backoff` computes), uniform in [0, min(TASK_RETRY_BACKOFF_MAX_SECONDS, 2 ** retries)]."""
+    return float(
+        get_exponential_backoff_interval(
+            factor=1, retries=retries, maximum=settings.task_retry_backoff_max_seconds, full_jitter=True
+        )
+    )
 
 
 @app.task(name=RESERVE_ORDERS)
@@ -93,7 +112,7 @@ def _reserve_alone(order_id: int) -> str:
         if is_transient(exc):
             log.warning("order %s: transient database fault, sent to %s: %s", order_id, PROCESS_ORDER, exc)
             try:
-                process_order.apply_async((order_id,), countdown=backoff_seconds(0))
+                process_order.apply_async((order_id,), countdown=retry_countdown(0))
             except Exception as send_exc:  # noqa: BLE001 - the order stays pending for the sweep
                 log.error("order %s: not re-sent (the sweep will): %s", order_id, send_exc)
                 return OrderStatus.PENDING.value
@@ -118,23 +137,48 @@ def _fail(order_id: int, reason: str) -> str | None:
         return OrderStatus.PENDING.value
 
 
-@app.task(name=PROCESS_ORDER, bind=True, max_retries=settings.task_max_retries)
-def process_order(self: Task[[int], str | None], order_id: int) -> str | None:
+class ProcessOrderTask(Task):  # type: ignore[type-arg]
+    """`process_order`'s base: Celery retries a transient fault (`TRANSIENT_DB_ERRORS`) with
+    exponential backoff and full jitter, capped at `TASK_RETRY_BACKOFF_MAX_SECONDS`, at most
+    `TASK_MAX_RETRIES` times; `on_failure` marks the order `failed` when they ran out or the fault
+    was not transient."""
+
+    autoretry_for = TRANSIENT_DB_ERRORS
+    retry_backoff = True
+    retry_backoff_max = settings.task_retry_backoff_max_seconds
+    retry_jitter = True
+    max_retries = settings.task_max_retries
+
+    def on_failure(
+        self,
+        exc: Exception,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: ExceptionInfo,
+    ) -> None:
+        """Set the order `failed` (`orders.mark_failed`, reason: the error's class name); never raises."""
+        order_id = int(args[0] if args else kwargs["order_id"])
+        cause = exc.__cause__ if isinstance(exc, ConnectionInvalidated) and exc.__cause__ else exc
+        if isinstance(exc, TRANSIENT_DB_ERRORS):
+            log.error("order %s: retries exhausted, marking failed: %s", order_id, cause)
+        else:
+            log.error("order %s: processing error, marking failed", order_id, exc_info=exc)
+        _fail(order_id, type(cause).__name__)
+
+
+@app.task(name=PROCESS_ORDER, base=ProcessOrderTask)
+def process_order(order_id: int) -> str | None:
     """Reserve stock for order `order_id` and confirm or reject it (`core.orders.reservation`, with
-    one id). Safe to run more than once for the same id. Returns the order's status afterwards."""
+    one id). Safe to run more than once for the same id. Returns the order's status afterwards (None
+    for a missing order). Raises what the reservation raised (a `DBAPIError` whose connection was
+    invalidated as `ConnectionInvalidated`): `ProcessOrderTask` retries it or fails the order."""
     try:
         status = _reserve_one(order_id)
-    except Exception as exc:
-        # max_retries None is Celery's "retry forever"; this task always sets an int.
-        if is_transient(exc) and (self.max_retries is None or self.request.retries < self.max_retries):
-            log.warning("order %s: transient database fault, retrying: %s", order_id, exc)
-            raise self.retry(exc=exc, countdown=backoff_seconds(self.request.retries)) from exc
-        if is_transient(exc):
-            log.error("order %s: retries exhausted, marking failed: %s", order_id, exc)
-        else:
-            log.exception("order %s: processing error, marking failed", order_id)
-        with session_scope() as session:
-            status = orders.mark_failed(session, order_id, type(exc).__name__)
+    except DBAPIError as exc:
+        if exc.connection_invalidated and not isinstance(exc, TRANSIENT_DB_ERRORS):
+            raise ConnectionInvalidated(str(exc)) from exc
+        raise
     if status is None:
         log.warning("order %s does not exist; nothing to process", order_id)
     return status
