@@ -6,6 +6,10 @@ async clients and short timeouts, never a blocking call on the event loop (STYLE
   client that got its 2xx never reads a stale listing;
 * order outcomes (a cancellation, a status move) are published to every API process's waiters.
 
+Two implementations of one interface (`run(effects)`, `dispatcher`), chosen once by the app's
+lifespan (`api.main`): `EffectRunner` with Redis, `MemoryEffectRunner` on the embedded default (no
+`REDIS_URL`: process memory and the in-process hub).
+
 Redis is given `timeout` seconds (`REDIS_EFFECT_TIMEOUT_SECONDS`, default 0.25) per request, for all
 its effects together, and none while the process's `core.redisconn.availability` says to skip Redis
 (for a second after the rate limiter or the listing cache found it not answering): a sick Redis costs
@@ -35,14 +39,31 @@ log = logging.getLogger("orderflow.api")
 _QUIET_SECONDS = 30.0
 
 
+class MemoryEffectRunner:
+    """Runs a committed transaction's effects on the embedded default: this process's listing cache
+    (`core.products.cache.memory`) and waiters (`core.events.hub`)."""
+
+    def __init__(self, dispatcher: OrderDispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    async def run(self, effects: Effects) -> None:
+        if effects.dispatch:
+            self.dispatcher.submit(effects.dispatch)
+        if effects.listings:
+            cache.memory.invalidate(sorted(effects.listings))
+        if effects.events:
+            events.hub.deliver(effects.events)
+
+
 class EffectRunner:
-    """Runs a committed transaction's effects. `redis` None is the embedded default (process memory
-    and the in-process hub)."""
+    """Runs a committed transaction's effects with Redis (`redis`: the app's async client), each
+    request's Redis effects bounded by `timeout` seconds; `availability` is the Redis server's
+    (default: one of this runner's own)."""
 
     def __init__(
         self,
         dispatcher: OrderDispatcher,
-        redis: aioredis.Redis | None,
+        redis: aioredis.Redis,
         timeout: float,
         availability: Availability | None = None,
     ) -> None:
@@ -57,10 +78,6 @@ class EffectRunner:
             self.dispatcher.submit(effects.dispatch)
         if not (effects.listings or effects.events):
             return
-        if self._redis is None:
-            cache.memory.invalidate(sorted(effects.listings))
-            events.hub.deliver(effects.events)
-            return
         if self._availability.skipping:
             self._warn(effects, "Redis is being skipped after a failure")
             return
@@ -72,7 +89,6 @@ class EffectRunner:
     async def _send(self, effects: Effects) -> None:
         """The Redis effects in one pipeline (one round trip): new listing-cache versions, then the
         order events."""
-        assert self._redis is not None
         async with self._redis.pipeline(transaction=False) as pipe:
             if effects.listings:
                 pipe.mset(cache.new_versions(sorted(effects.listings)))

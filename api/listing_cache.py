@@ -5,6 +5,10 @@ A Redis fault never fails a request: the listing is then read from the database 
 and not stored, and the fault is logged at most once every 30 seconds. A lookup or a store waits at
 most `timeout` seconds (`REDIS_TIMEOUT_SECONDS`) on Redis in all; after one failed, the cache is
 skipped for a second (`core.redisconn.Availability`, shared with the store rate limit).
+
+Two implementations of one interface (`enabled`, `lookup`, `store`), chosen once by the app's
+lifespan (`api.main`): `ListingCache` in Redis, `MemoryListingCache` on the embedded default (no
+`REDIS_URL`: this process's memory, `core.products.cache.memory`).
 """
 
 from __future__ import annotations
@@ -26,15 +30,39 @@ log = logging.getLogger("orderflow.api")
 _QUIET_SECONDS = 30.0
 
 
+class MemoryListingCache:
+    """The embedded default's listing cache, in this process's memory: `lookup` then, on a miss,
+    `store` with the version `lookup` returned; `ttl` (seconds) 0 turns the cache off."""
+
+    def __init__(self, ttl: float) -> None:
+        self._ttl = ttl
+
+    @property
+    def enabled(self) -> bool:
+        return self._ttl > 0
+
+    async def lookup(self, manager_id: str, status: str) -> tuple[str | None, bytes | None]:
+        """(version, cached body or None); the version is None when the cache is off."""
+        if not self.enabled:
+            return None, None
+        version = cache.memory.version(manager_id)
+        return version, cache.memory.get(cache.entry_key(manager_id, version, status))
+
+    async def store(self, manager_id: str, status: str, version: str | None, body: bytes) -> None:
+        """Keep `body` under `version` for `ttl` seconds (nothing when `version` is None)."""
+        if version is not None:
+            cache.memory.put(cache.entry_key(manager_id, version, status), body, self._ttl)
+
+
 class ListingCache:
-    """`lookup` then, on a miss, `store` with the version `lookup` returned. `redis` None means the
-    embedded default (process memory); `ttl` 0 turns the cache off (every lookup misses). `timeout`
-    (seconds) bounds each lookup and store; `availability` is the Redis server's (default: one of
-    this cache's own)."""
+    """The listing cache in Redis (`redis`: the app's async client): `lookup` then, on a miss,
+    `store` with the version `lookup` returned. `ttl` (seconds) 0 turns the cache off (every lookup
+    misses). `timeout` (seconds, `REDIS_TIMEOUT_SECONDS`) bounds each lookup and store;
+    `availability` is the Redis server's (default: one of this cache's own)."""
 
     def __init__(
         self,
-        redis: aioredis.Redis | None,
+        redis: aioredis.Redis,
         ttl: float,
         timeout: float = settings.redis_timeout_seconds,
         availability: Availability | None = None,
@@ -54,9 +82,6 @@ class ListingCache:
         failed or is being skipped: then nothing is to be stored."""
         if not self.enabled:
             return None, None
-        if self._redis is None:
-            version = cache.memory.version(manager_id)
-            return version, cache.memory.get(cache.entry_key(manager_id, version, status))
         if self._availability.skipping:
             return None, None
         try:
@@ -85,9 +110,6 @@ class ListingCache:
         if version is None:
             return
         key = cache.entry_key(manager_id, version, status)
-        if self._redis is None:
-            cache.memory.put(key, body, self._ttl)
-            return
         if self._availability.skipping:
             return
         try:

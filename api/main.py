@@ -1,8 +1,11 @@
 """The ASGI application: `uvicorn api.main:app` (CONTRACT.md, "Runtime").
 
 `create_app()` wires the routes, the error envelope, the request context middleware and a lifespan
-that opens the async engine, the Redis client and the order event relay; on the embedded default
-(no `REDIS_URL`) it also starts the in-process worker.
+that opens the async engine and the back-ends (`open_backends`): with `REDIS_URL`, the one async Redis
+client (`core.redisconn`) handed to the broker publisher, the after-commit effects, the listing cache
+and the readiness check, and the order event relay; on the embedded default (no `REDIS_URL`), their
+in-memory counterparts and the in-process worker. The back-ends are chosen here, once: no other
+module of the API asks whether Redis is configured.
 """
 
 from __future__ import annotations
@@ -10,16 +13,18 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
+import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI
 
 from api.auth import Authenticator
 from api.broker import AsyncTaskPublisher
 from api.dispatch import OrderDispatcher
 from api.docs import install_docs
-from api.effects import EffectRunner
+from api.effects import EffectRunner, MemoryEffectRunner
 from api.errors import install_error_handlers
-from api.listing_cache import ListingCache
+from api.listing_cache import ListingCache, MemoryListingCache
 from api.methods import install_fixed_path_methods
 from api.middleware import RequestContextMiddleware
 from api.nul_characters import reject_nul_characters
@@ -84,6 +89,63 @@ async def ensure_first_admin(app: FastAPI, cfg: Settings) -> None:
         log.info("first admin created", extra={"username": username})
 
 
+@dataclass
+class Backends:
+    """The API's memory-or-Redis back-ends, chosen once (`open_backends`). `redis` is the one async
+    client (None on the embedded default); `effects` and `listing_cache` are the Redis or the memory
+    implementation of one interface each; `relay` (Redis only) wakes this process's waiters on the
+    events other processes publish, over `relay_client`."""
+
+    redis: aioredis.Redis | None
+    dispatcher: OrderDispatcher
+    effects: EffectRunner | MemoryEffectRunner
+    listing_cache: ListingCache | MemoryListingCache
+    relay: OrderEventRelay | None = None
+    relay_client: aioredis.Redis | None = None
+
+    async def close(self) -> None:
+        """Send what the dispatcher holds (at most 5 s), then stop the relay and close the clients."""
+        await self.dispatcher.drain()
+        self.dispatcher.close()
+        if self.relay is not None:
+            await self.relay.stop()
+        if self.relay_client is not None:
+            await self.relay_client.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+def open_backends(cfg: Settings) -> Backends:
+    """The back-ends for `cfg` (call on the event loop: the relay starts a task). With `REDIS_URL`:
+    one async client (`core.redisconn.async_client`: socket timeouts, no retry of a timeout) shared by
+    the broker publisher, the effects and the listing cache, each of their waits bounded by its own
+    shorter setting (`BROKER_PUBLISH_TIMEOUT_SECONDS`, `REDIS_EFFECT_TIMEOUT_SECONDS`,
+    `REDIS_TIMEOUT_SECONDS`), and the order event relay. Without: Celery's `send_task` on the
+    in-memory broker, this process's listing cache and waiters."""
+    window, max_batch = cfg.dispatch_window_seconds, cfg.dispatch_max_batch
+    if cfg.redis_url is None:
+        dispatcher = OrderDispatcher(enqueue_reserve_orders, window=window, max_batch=max_batch)
+        return Backends(
+            None, dispatcher, MemoryEffectRunner(dispatcher), MemoryListingCache(cfg.store_cache_seconds)
+        )
+    redis = redisconn.async_client(cfg)
+    availability = redisconn.availability(cfg.redis_url)
+    dispatcher = OrderDispatcher(
+        AsyncTaskPublisher(redis, cfg.broker_publish_timeout_seconds), window=window, max_batch=max_batch
+    )
+    relay_client = redisconn.subscriber_client(cfg)
+    relay = OrderEventRelay(relay_client)
+    relay.start()
+    return Backends(
+        redis,
+        dispatcher,
+        EffectRunner(dispatcher, redis, cfg.redis_effect_timeout_seconds, availability),
+        ListingCache(redis, cfg.store_cache_seconds, cfg.redis_timeout_seconds, availability),
+        relay,
+        relay_client,
+    )
+
+
 def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None = None) -> FastAPI:
     """Build the app. `start_embedded_worker` defaults to "no REDIS_URL" (the embedded default)."""
     configure_logging(cfg.log_level)
@@ -122,31 +184,11 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
         if app.state.statement_pool is not None:
             await app.state.statement_pool.open()
         await ensure_first_admin(app, cfg)
-        # Socket timeouts and retries from the settings (core.redisconn); each wait of a request on
-        # Redis has its own shorter bound (REDIS_TIMEOUT_SECONDS, REDIS_EFFECT_TIMEOUT_SECONDS).
-        app.state.redis = redisconn.async_client(cfg) if cfg.redis_url else None
-        app.state.dispatcher = OrderDispatcher(
-            AsyncTaskPublisher(app.state.redis, cfg.broker_publish_timeout_seconds)
-            if app.state.redis is not None
-            else enqueue_reserve_orders,
-            window=cfg.dispatch_window_seconds,
-            max_batch=cfg.dispatch_max_batch,
-        )
-        app.state.effects = EffectRunner(
-            app.state.dispatcher,
-            app.state.redis,
-            cfg.redis_effect_timeout_seconds,
-            redisconn.availability(cfg.redis_url) if cfg.redis_url else None,
-        )
-        app.state.listing_cache = ListingCache(
-            app.state.redis,
-            cfg.store_cache_seconds,
-            cfg.redis_timeout_seconds,
-            redisconn.availability(cfg.redis_url) if cfg.redis_url else None,
-        )
-        relay = OrderEventRelay(cfg.redis_url) if cfg.redis_url else None
-        if relay is not None:
-            relay.start()
+        backends = open_backends(cfg)
+        app.state.redis = backends.redis
+        app.state.dispatcher = backends.dispatcher
+        app.state.effects = backends.effects
+        app.state.listing_cache = backends.listing_cache
         worker = None
         if run_worker:
             from workers.embedded import EmbeddedWorker
@@ -156,14 +198,9 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
         try:
             yield
         finally:
-            await app.state.dispatcher.drain()
-            app.state.dispatcher.close()
+            await backends.close()
             if worker is not None:
                 worker.stop()
-            if relay is not None:
-                await relay.stop()
-            if app.state.redis is not None:
-                await app.state.redis.aclose()
             await engine.dispose()
             if app.state.statement_pool is not None:
                 await app.state.statement_pool.close()

@@ -18,10 +18,12 @@ log = logging.getLogger(__name__)
 
 
 class OrderEventRelay:
-    """Background task: Redis channel -> `hub.deliver(outcomes)`; reconnects with backoff."""
+    """Background task: Redis channel -> `hub.deliver(outcomes)`; resubscribes with backoff.
+    `client` is the subscription's own client (`core.redisconn.subscriber_client`, no read timeout),
+    which its owner closes after `stop()`."""
 
-    def __init__(self, redis_url: str) -> None:
-        self._redis_url = redis_url
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -47,9 +49,8 @@ class OrderEventRelay:
     async def _run(self) -> None:
         delay = 0.5
         while True:
-            client = aioredis.Redis.from_url(self._redis_url)
             try:
-                async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                async with self._client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(CHANNEL)
                     delay = 0.5
                     async for message in pubsub.listen():
@@ -60,5 +61,3 @@ class OrderEventRelay:
                 log.warning("order event subscription lost, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
-            finally:
-                await client.aclose()

@@ -7,7 +7,7 @@ After its transaction commits, a worker publishes the outcomes of a whole batch 
 JSON array, on the Redis channel `CHANNEL`. Each API process holds one subscription
 (`api.waiters.OrderEventRelay`) and hands every outcome to the process-local `hub`, which wakes the
 requests waiting on that order id. On the embedded default the worker runs inside the API process
-and calls the hub directly.
+and hands its outcomes to the hub directly (`core.backends.MemoryEffects`).
 
 A lost message costs latency only: waiters re-read the order on a timer.
 """
@@ -156,14 +156,12 @@ hub = LocalHub()
 
 
 def publish_order_events(outcomes: Iterable[OrderOutcome]) -> None:
-    """Tell the API processes about `outcomes`, in one message (synchronous: for workers and the
-    CLI; the API publishes with its async client, `api.effects`). Never raises: a lost message only
-    delays a waiting request until its next re-read."""
+    """Publish `outcomes` on `CHANNEL`, in one message, with the process's shared Redis client
+    (synchronous: the Redis back-end of workers and the CLI, `core.backends`; the API publishes with
+    its async client, `api.effects`). Never raises: a lost message only delays a waiting request
+    until its next re-read."""
     outcomes = list(outcomes)
     if not outcomes:
-        return
-    if settings.redis_url is None:
-        hub.deliver(outcomes)
         return
     try:
         redisconn.client().publish(CHANNEL, encode(outcomes))

@@ -1,5 +1,14 @@
-"""orderflow's own Redis clients (order events, the listing cache, the store rate limit, the API's
-publisher) and the rule that keeps a sick Redis from holding requests (STYLE.md rule 2b).
+"""The one factory of orderflow's Redis clients (order events, the listing cache, the store rate
+limit, the API's publisher, the order event relay) and the rule that keeps a sick Redis from holding
+requests (STYLE.md rule 2b). Nothing else builds a Redis client or pool:
+
+* `client()`: the process's shared synchronous client (workers, the CLI);
+* `async_client(cfg)`: the API's asyncio client, created once by the app's lifespan and handed to the
+  listing cache, the after-commit effects, the broker publisher and the readiness check;
+* `async_pool(cfg)`: an asyncio connection pool with the same options (for a library that takes a
+  pool, such as the rate limiter's `limits` storage);
+* `subscriber_client(cfg)`: the asyncio client of the order event relay's subscription, whose reads
+  wait for the next message as long as it takes.
 
 Timeouts (settings, docs/operations.md "Limits"):
 
@@ -77,6 +86,24 @@ def async_client(cfg: Settings = settings) -> aioredis.Redis:
     publisher, readiness). Requires `REDIS_URL`; the caller closes it (`await client.aclose()`)."""
     assert cfg.redis_url is not None
     return aioredis.Redis.from_url(cfg.redis_url, **async_client_options(cfg))
+
+
+def async_pool(cfg: Settings = settings) -> aioredis.ConnectionPool:
+    """A new asyncio connection pool of `cfg.redis_url` with `async_client_options`. Requires
+    `REDIS_URL`; the caller disconnects it (`await pool.aclose()`)."""
+    assert cfg.redis_url is not None
+    return aioredis.ConnectionPool.from_url(cfg.redis_url, **async_client_options(cfg))
+
+
+def subscriber_client(cfg: Settings = settings) -> aioredis.Redis:
+    """A new asyncio client of `cfg.redis_url` for a pub/sub subscription: it connects within
+    `REDIS_SOCKET_TIMEOUT_SECONDS` but reads without a timeout (a subscription is silent until a
+    message comes; a read timeout would drop it every few seconds). Requires `REDIS_URL`; the caller
+    closes it (`await client.aclose()`)."""
+    assert cfg.redis_url is not None
+    return aioredis.Redis.from_url(
+        cfg.redis_url, socket_timeout=None, socket_connect_timeout=cfg.redis_socket_timeout_seconds
+    )
 
 
 def client() -> redis.Redis:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from core.events import OrderOutcome, publish_order_events
+from core.events import OrderOutcome
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,13 @@ def _discard_rolled_back(session: Session) -> None:
 def run_sync(effects: Effects) -> None:
     """Run `effects` after a commit, synchronously (workers, the CLI). Never raises: every effect is
     best-effort, bounded by the waiters' re-reads (events) and the listing TTL (listings). Order ids
-    to dispatch are left to the outbox sweep: only the API dispatches (`api.dispatch`)."""
-    from core.products import cache  # imported here: it imports this module
+    to dispatch are left to the outbox sweep: only the API dispatches (`api.dispatch`). Listings and
+    events go to the process's back-end, Redis or memory (`core.backends`)."""
+    from core.backends import sync_effects  # imported here: it imports this module
 
     if effects.listings:
-        cache.invalidate(effects.listings)
+        sync_effects().invalidate_listings(sorted(effects.listings))
     if effects.events:
-        publish_order_events(effects.events)
+        sync_effects().publish_events(effects.events)
     if effects.dispatch:
         log.info("orders %s left to the outbox sweep", effects.dispatch[:10])

@@ -94,8 +94,8 @@ app.conf.update(
 
 if settings.redis_key_prefix:
     app.conf.broker_transport_options["global_keyprefix"] = settings.redis_key_prefix
-if settings.redis_url is None:
-    # kombu's in-memory transport polls; poll often so the embedded default answers quickly.
+if settings.broker_url.startswith("memory://"):
+    # kombu's in-memory transport (the embedded default) polls; poll often so it answers quickly.
     app.conf.broker_transport_options["polling_interval"] = 0.01
 
 

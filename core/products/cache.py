@@ -128,13 +128,12 @@ memory = MemoryListings()
 
 
 def invalidate(manager_ids: Iterable[str]) -> None:
-    """Give each manager a new version (after the commit that changed their products). Never raises:
-    a failure is logged and bounded by the entries' TTL."""
+    """Give each manager a new version in Redis (after the commit that changed their products), with
+    the process's shared client: the Redis back-end of workers and the CLI (`core.backends`; the
+    embedded default's is `memory.invalidate`). Never raises: a failure is logged and bounded by the
+    entries' TTL."""
     managers = sorted(set(manager_ids))
     if not managers:
-        return
-    if settings.redis_url is None:
-        memory.invalidate(managers)
         return
     try:
         redisconn.client().mset(new_versions(managers))
