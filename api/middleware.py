@@ -8,7 +8,6 @@ envelope, logged with the request id and its traceback (which never leaves the p
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -18,7 +17,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
-from api.errors import internal_error_body
+from api.errors import InternalError, send_error
 from core.context import request_id_var
 
 access_log = logging.getLogger("orderflow.access")
@@ -57,18 +56,7 @@ class RequestContextMiddleware:
         except Exception:  # noqa: BLE001 - the last line of defence: answer the generic 500
             error_log.exception("unhandled error request_id=%s", request_id)
             if not response_started:
-                body = json.dumps(internal_error_body(scope["path"])).encode()
-                await send_with_id(
-                    {
-                        "type": "http.response.start",
-                        "status": 500,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await send_error(send_with_id, scope["path"], InternalError())
         finally:
             elapsed = time.perf_counter() - started
             route = _route_template(scope)

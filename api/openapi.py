@@ -1,12 +1,29 @@
-"""Error response declarations for the OpenAPI document: every route lists its error statuses with
-an example of the core envelope (CONTRACT.md, "Core API")."""
+"""Error responses in the OpenAPI document, generated from the error classes (`core.errors`,
+`api.errors`) and rendered by `api.errors`, so that the document shows what the server sends.
+
+A route declares the errors it raises by type, `responses(ProductNotFound, InsufficientStock)`, or
+by a named `Example` where one class has several sentences worth showing. Each class gives its
+status, code and an example instance (`DomainError.example()`); `InvalidInput` stands for a
+validation failure, shown as the translator (`api.errors.validation_error`) writes it. The core
+envelope: CONTRACT.md, "Core API"; the store's: "Store API".
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
+
+from api.auth import MISSING_MESSAGE, WRONG_MESSAGE
+from api.errors import InternalError, RateLimitExceeded, core_envelope, store_envelope, validation_error
+from core.errors import DomainError, InvalidInput, ManagerMismatch, RoleRequired, Unauthorized
+from core.users.security import InvalidToken
+
+#: The request id shown in the core envelope's examples.
+EXAMPLE_REQUEST_ID = "8f2c1d0e6b7a4c3e9f1a2b3c4d5e6f70"
 
 
 class ErrorBody(BaseModel):
@@ -19,147 +36,114 @@ class ErrorBody(BaseModel):
     request_id: str = Field(examples=["8f2c1d0e6b7a4c3e9f1a2b3c4d5e6f70"])
 
 
-def _ex(error: str, message: str, code: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "error": error,
-        "message": message,
-        "code": code,
-        "details": details or {},
-        "request_id": "8f2c1d0e6b7a4c3e9f1a2b3c4d5e6f70",
-    }
+@dataclass(frozen=True)
+class Example:
+    """One named example of an error response: `error` rendered for the route's surface."""
+
+    name: str
+    error: DomainError
 
 
-EXAMPLES: dict[str, dict[str, Any]] = {
-    "invalid_input": _ex(
-        "Invalid input",
-        "Product price is required.",
-        "INVALID_REQUEST",
+ErrorSpec = type[DomainError] | Example
+Auth = Literal["user", "staff", "admin"] | None
+
+
+def _validation(path: str, *errors: Mapping[str, Any]) -> DomainError:
+    return validation_error(errors, path)
+
+
+def _missing(*loc: str | int) -> dict[str, Any]:
+    return {"type": "missing", "loc": loc, "msg": "Field required"}
+
+
+def _value_error(msg: str, *loc: str | int) -> dict[str, Any]:
+    return {"type": "value_error", "loc": loc, "msg": f"Value error, {msg}"}
+
+
+# --- the core API ---------------------------------------------------------------------------------
+
+#: A body failing validation (`POST /products` without `price`).
+INVALID_INPUT = Example("invalid_input", _validation("/products", _missing("body", "price")))
+#: A negative stock (`ge=0`).
+NEGATIVE_STOCK = Example(
+    "negative_stock",
+    _validation(
+        "/products",
         {
-            "fields": [
-                {
-                    "field": "price",
-                    "in": "body",
-                    "type": "missing",
-                    "message": "Product price is required.",
-                }
-            ]
+            "type": "greater_than_equal",
+            "loc": ("body", "stock"),
+            "msg": "Input should be greater than or equal to 0",
+            "ctx": {"ge": 0},
         },
     ),
-    "negative_stock": _ex(
-        "Invalid input",
-        "Cannot set stock to a negative value.",
-        "INVALID_REQUEST",
-        {
-            "fields": [
-                {
-                    "field": "stock",
-                    "in": "body",
-                    "type": "greater_than_equal",
-                    "message": "Cannot set stock to a negative value.",
-                }
-            ]
-        },
-    ),
-    "product_not_found": _ex(
-        "Product not found",
-        "The product with ID 42 does not exist.",
-        "PRODUCT_NOT_FOUND",
-        {"product_id": 42},
-    ),
-    "order_not_found": _ex(
-        "Order not found", "The order with ID 7 does not exist.", "ORDER_NOT_FOUND", {"order_id": 7}
-    ),
-    "insufficient_stock": _ex(
-        "Insufficient stock",
-        "There are only 5 units of Product A in stock, but you requested 10.",
-        "INSUFFICIENT_STOCK",
-        {"product_id": 1, "available": 5, "requested": 10},
-    ),
-    "discontinued": _ex(
-        "Product discontinued",
-        "The product Product A (ID 1) is discontinued and cannot be ordered.",
-        "PRODUCT_DISCONTINUED",
-        {"product_id": 1},
-    ),
-    "invalid_status": _ex(
-        "Invalid status",
-        "Order status must be either 'Pending' or 'Completed'.",
-        "INVALID_STATUS",
-        {"status": "Shipped"},
-    ),
-    "invalid_transition": _ex(
-        "Invalid status transition",
-        "Order 7 is rejected and cannot become completed.",
-        "INVALID_STATUS_TRANSITION",
-        {"order_id": 7, "current": "rejected", "requested": "completed"},
-    ),
-    "conflict": _ex(
-        "Conflict",
-        "The idempotency key 'abc' was already used with a different request.",
-        "CONFLICT",
-        {"idempotency_key": "abc"},
-    ),
-    "unauthorized": _ex(
-        "Unauthorized",
-        "Authentication required: send Basic credentials or a Bearer token.",
-        "UNAUTHORIZED",
-    ),
-    "wrong_password": _ex("Unauthorized", "The username or password is wrong.", "UNAUTHORIZED"),
-    "invalid_token": _ex("Unauthorized", "The access token has expired; log in again.", "UNAUTHORIZED"),
-    "forbidden": _ex(
-        "Forbidden", "This action needs the manager or admin role.", "FORBIDDEN", {"role": "customer"}
-    ),
-    "forbidden_admin": _ex(
-        "Forbidden", "This action needs the admin role.", "FORBIDDEN", {"role": "manager"}
-    ),
-    "forbidden_role": _ex(
-        "Forbidden",
-        "Only an admin can create a user with the role 'manager'.",
-        "FORBIDDEN",
-        {"role": "manager"},
-    ),
-    "user_not_found": _ex(
-        "User not found", "The user with ID 3 does not exist.", "USER_NOT_FOUND", {"user_id": 3}
-    ),
-    "username_taken": _ex(
-        "Conflict", "The username 'alice' is already taken.", "CONFLICT", {"username": "alice"}
-    ),
-    "last_admin": _ex("Conflict", "The last admin cannot lose the admin role.", "CONFLICT", {"user_id": 1}),
-    "internal": _ex(
-        "Internal Server Error",
-        "An unexpected error occurred, please try again later.",
-        "INTERNAL_ERROR",
-    ),
+)
+MISSING_CREDENTIALS = Example("unauthorized", Unauthorized(MISSING_MESSAGE))
+WRONG_CREDENTIALS = Example("wrong_password", Unauthorized(WRONG_MESSAGE))
+EXPIRED_TOKEN = Example("invalid_token", InvalidToken("The access token has expired; log in again."))
+STAFF_REQUIRED = Example("forbidden", RoleRequired("manager or admin", "customer"))
+ADMIN_REQUIRED = Example("forbidden_admin", RoleRequired("admin", "manager"))
+
+_AUTH_ERRORS: dict[Auth, tuple[Example, ...]] = {
+    None: (),
+    "user": (MISSING_CREDENTIALS, WRONG_CREDENTIALS, EXPIRED_TOKEN),
+    "staff": (MISSING_CREDENTIALS, WRONG_CREDENTIALS, EXPIRED_TOKEN, STAFF_REQUIRED),
+    "admin": (MISSING_CREDENTIALS, WRONG_CREDENTIALS, EXPIRED_TOKEN, ADMIN_REQUIRED),
 }
 
 
-_AUTH_ERRORS: dict[str | None, dict[str, list[str]]] = {
-    None: {},
-    "user": {"_401": ["unauthorized", "wrong_password", "invalid_token"]},
-    "staff": {"_401": ["unauthorized", "wrong_password", "invalid_token"], "_403": ["forbidden"]},
-    "admin": {"_401": ["unauthorized", "wrong_password", "invalid_token"], "_403": ["forbidden_admin"]},
-}
+def _example(spec: ErrorSpec, validation: Example) -> Example:
+    if isinstance(spec, Example):
+        return spec
+    if spec is InvalidInput:
+        return validation
+    return Example(spec.example_key(), spec.example())
 
 
-def responses(auth: str | None = "user", **statuses: list[str]) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for a route: `responses(_400=["invalid_input"], _404=[...])`. A 400 with the
-    `invalid_input` example (every route validates a body, a query or a path id: CONTRACT.md, "Core
-    API", 400 instead of 422) and a 500 are always added; `auth` adds the 401 of a protected route
-    (`"user"`, the default) and the 403 of a role guard (`"staff"`, `"admin"`); `None` for public
-    routes."""
+def _by_status(
+    defaults: Sequence[Example], declared: Sequence[Example], always: Sequence[Example]
+) -> dict[int, list[Example]]:
+    """The examples of each status: the route's, then for a status it does not declare the
+    defaults; `always` are added to their status unless already there."""
+    out: dict[int, list[Example]] = {}
+    for example in declared:
+        out.setdefault(example.error.status, []).append(example)
+    for example in defaults:
+        if example.error.status not in {e.error.status for e in declared}:
+            out.setdefault(example.error.status, []).append(example)
+    for example in always:
+        group = out.setdefault(example.error.status, [])
+        if example.name not in {e.name for e in group}:
+            group.append(example)
+    return out
+
+
+def _core_example(error: DomainError) -> dict[str, Any]:
+    return {**core_envelope(error), "request_id": EXAMPLE_REQUEST_ID}
+
+
+def responses(*errors: ErrorSpec | str | None, auth: Auth = "user") -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a core API route: `responses("staff", ProductNotFound, InsufficientStock)`.
+    A leading `"user"` (the default), `"staff"` or `"admin"` (or `auth=`; `None` for a public route)
+    adds the 401 of a protected route and the 403 of a role guard; a status the route declares
+    replaces those defaults. A 400 with the `invalid_input` example (every route validates a body, a
+    query or a path id: CONTRACT.md, "Core API", 400 instead of 422) and a 500 are always added."""
+    specs: list[ErrorSpec] = []
+    for item in errors:
+        if item is None or isinstance(item, str):
+            auth = item  # type: ignore[assignment]
+        else:
+            specs.append(item)
+    declared = [_example(spec, INVALID_INPUT) for spec in specs]
+    always = [INVALID_INPUT, Example("internal", InternalError())]
     out: dict[int | str, dict[str, Any]] = {}
-    statuses = {**_AUTH_ERRORS[auth], **statuses}
-    bad_request = statuses.get("_400", [])
-    if "invalid_input" not in bad_request:
-        statuses["_400"] = [*bad_request, "invalid_input"]
-    statuses.setdefault("_500", ["internal"])
-    for key, names in statuses.items():
-        code = int(key.lstrip("_"))
-        out[code] = {
+    for status, examples in _by_status(_AUTH_ERRORS[auth], declared, always).items():
+        out[status] = {
             "model": ErrorBody,
-            "description": EXAMPLES[names[0]]["error"],
+            "description": examples[0].error.title,
             "content": {
-                "application/json": {"examples": {name: {"value": EXAMPLES[name]} for name in names}}
+                "application/json": {
+                    "examples": {e.name: {"value": _core_example(e.error)} for e in examples}
+                }
             },
         }
     return out
@@ -205,76 +189,57 @@ class StoreErrorBody(BaseModel):
     error: StoreErrorDetail
 
 
-def _store_ex(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "details": details or {}}}
+#: A body failing validation, as the store names fields.
+STORE_INVALID_REQUEST = Example(
+    "invalid_request", _validation("/api/inventory/products", _missing("body", "products", 0, "price"))
+)
+STORE_MISSING_MANAGER_ID = Example(
+    "missing_manager_id", _validation("/api/inventory/products", _missing("query", "manager_id"))
+)
+STORE_INVALID_STATUS = Example(
+    "invalid_status",
+    _validation(
+        "/api/inventory/products",
+        {
+            "type": "enum",
+            "loc": ("query", "status"),
+            "msg": "Input should be 'in_stock', 'out_of_stock' or 'discontinued'",
+            "ctx": {"expected": "'in_stock', 'out_of_stock' or 'discontinued'"},
+        },
+    ),
+)
+STORE_INVALID_EMAIL = Example(
+    "invalid_email",
+    _validation(
+        "/api/orders/process",
+        _value_error(
+            "value is not a valid email address: An email address must have an @-sign.",
+            "body",
+            "customer",
+            "email",
+        ),
+    ),
+)
+STORE_INVALID_ORDER_ID = Example(
+    "invalid_order_id",
+    _validation(
+        "/api/orders/1",
+        _value_error("must look like 'ord_001': 'ord_' followed by digits", "path", "order_id"),
+    ),
+)
 
-
-def _field_ex(field: str, message: str, kind: str) -> dict[str, Any]:
-    return _store_ex(
-        "INVALID_REQUEST",
-        message,
-        {"field": field, "fields": [{"field": field, "message": message, "type": kind}]},
-    )
-
-
-STORE_EXAMPLES: dict[str, dict[str, Any]] = {
-    "invalid_request": _field_ex("products[0].price", "products[0].price is required.", "missing"),
-    "duplicate_in_batch": _store_ex(
-        "INVALID_REQUEST",
-        "products[1].name: 'Product A' is already given by products[0]; name each product once per batch.",
-        {"field": "products[1].name", "duplicate_of": "products[0]"},
-    ),
-    "missing_manager_id": _field_ex("manager_id", "manager_id is required.", "missing"),
-    "invalid_status": _field_ex(
-        "status", "status: input should be 'in_stock', 'out_of_stock' or 'discontinued'.", "enum"
-    ),
-    "invalid_email": _field_ex(
-        "customer.email",
-        "customer.email: value is not a valid email address: an email address must have an @-sign.",
-        "value_error",
-    ),
-    "invalid_order_id": _field_ex(
-        "order_id", "order_id must look like 'ord_001': 'ord_' followed by digits.", "value_error"
-    ),
-    "product_not_found": _store_ex(
-        "PRODUCT_NOT_FOUND", "The product with ID prod_042 does not exist.", {"product_id": "prod_042"}
-    ),
-    "order_not_found": _store_ex(
-        "ORDER_NOT_FOUND", "The order with ID ord_789 does not exist.", {"order_id": "ord_789"}
-    ),
-    "insufficient_stock": _store_ex(
-        "INSUFFICIENT_STOCK",
-        "There are only 5 units of Product A in stock, but you requested 10.",
-        {"product_id": "prod_001", "available": 5, "requested": 10},
-    ),
-    "discontinued": _store_ex(
-        "PRODUCT_DISCONTINUED",
-        "The product Product A (ID prod_001) is discontinued and cannot be ordered.",
-        {"product_id": "prod_001"},
-    ),
-    "idempotency_conflict": _store_ex(
-        "CONFLICT",
-        "The idempotency key 'abc' was already used with a different request.",
-        {"idempotency_key": "abc"},
-    ),
-    "rate_limited": _store_ex(
-        "RATE_LIMIT_EXCEEDED",
-        "Rate limit of 100 per 1 hour exceeded for manager_id 'mgr_123'; retry in 1312 seconds.",
-        {"limit": "100 per 1 hour", "manager_id": "mgr_123", "retry_after_seconds": 1312},
-    ),
-    "unauthorized": _store_ex(
-        "UNAUTHORIZED", "Authentication required: send Basic credentials or a Bearer token."
-    ),
-    "forbidden": _store_ex(
-        "FORBIDDEN",
-        "Your account may act for manager_id 'mgr_123' only.",
-        {"manager_id": "mgr_999", "bound_manager_id": "mgr_123"},
-    ),
-    "internal": _store_ex("INTERNAL_ERROR", "An unexpected error occurred, please try again later."),
-}
+_STORE_DEFAULTS = (
+    Example("unauthorized", Unauthorized(MISSING_MESSAGE)),
+    Example("forbidden", ManagerMismatch.example()),
+    STORE_INVALID_REQUEST,
+)
+_STORE_ALWAYS = (
+    STORE_INVALID_REQUEST,
+    Example("rate_limited", RateLimitExceeded.example()),
+    Example("internal", InternalError()),
+)
 
 _STORE_DESCRIPTIONS = {
-    202: "Still pending after ORDER_WAIT_SECONDS: poll Location",
     400: "Invalid request or a rejected order",
     401: "No or bad credentials (only with STORE_REQUIRE_AUTH=true)",
     403: "Not this manager_id's account (only with STORE_REQUIRE_AUTH=true)",
@@ -284,29 +249,30 @@ _STORE_DESCRIPTIONS = {
     500: "Unexpected error",
 }
 
+_PENDING: dict[str, Any] = {
+    "description": "Still pending after ORDER_WAIT_SECONDS: poll Location",
+    "content": {"application/json": {"example": {"order_id": "ord_789", "status": "pending"}}},
+    "headers": {"Location": {"schema": {"type": "string"}, "example": "/api/orders/ord_789"}},
+}
 
-def store_responses(**statuses: list[str]) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for a store route, with the nested envelope's examples; 400, 401, 403, 429 and 500
-    are always listed. `_202=["pending"]` documents the pending answer of the order routes."""
-    out: dict[int | str, dict[str, Any]] = {}
-    statuses = {"_401": ["unauthorized"], "_403": ["forbidden"], **statuses}
-    statuses.setdefault("_400", ["invalid_request"])
-    statuses.setdefault("_429", ["rate_limited"])
-    statuses.setdefault("_500", ["internal"])
-    for key, names in sorted(statuses.items(), key=lambda kv: int(kv[0].lstrip("_"))):
-        code = int(key.lstrip("_"))
-        if code == 202:
-            out[code] = {
-                "description": _STORE_DESCRIPTIONS[202],
-                "content": {"application/json": {"example": {"order_id": "ord_789", "status": "pending"}}},
-                "headers": {"Location": {"schema": {"type": "string"}, "example": "/api/orders/ord_789"}},
-            }
-            continue
-        out[code] = {
+
+def store_responses(*errors: ErrorSpec, pending: bool = False) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a store route, with the nested envelope's examples: the route's errors by
+    type (or `Example`); 401, 403, 400 (`invalid_request` unless the route declares its own 400s),
+    429 and 500 are always listed. `pending=True` documents the 202 of the order routes."""
+    declared = [_example(spec, STORE_INVALID_REQUEST) for spec in errors]
+    always = [e for e in _STORE_ALWAYS if e is not STORE_INVALID_REQUEST]
+    groups = _by_status(_STORE_DEFAULTS, declared, always)
+    out: dict[int | str, dict[str, Any]] = {202: _PENDING} if pending else {}
+    for status in sorted(groups):
+        examples = groups[status]
+        out[status] = {
             "model": StoreErrorBody,
-            "description": _STORE_DESCRIPTIONS.get(code, STORE_EXAMPLES[names[0]]["error"]["code"]),
+            "description": _STORE_DESCRIPTIONS.get(status, examples[0].error.code),
             "content": {
-                "application/json": {"examples": {name: {"value": STORE_EXAMPLES[name]} for name in names}}
+                "application/json": {
+                    "examples": {e.name: {"value": store_envelope(e.error)} for e in examples}
+                }
             },
         }
     return out

@@ -28,7 +28,7 @@ from limits.errors import StorageError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
-from api.errors import internal_error_body, is_store_path, store_envelope
+from api.errors import InternalError, PayloadTooLarge, RateLimitExceeded, is_store_path, send_error
 from api.middleware import header
 from core import redisconn
 from core.config import Settings, settings
@@ -211,24 +211,13 @@ class StoreRateLimitMiddleware:
         extra = decision.headers() if decision is not None else []
 
         if decision is not None and not decision.allowed:
-            retry = decision.reset_seconds
-            who = f"manager {manager_id}" if key.startswith("manager:") else "this client address"
-            message = (
-                f"Rate limit exceeded: the store API allows {self.item} for {who}. "
-                f"Retry in {retry} second{'s' if retry != 1 else ''}."
+            limited = RateLimitExceeded(
+                str(self.item), manager_id, decision.reset_seconds, per_manager=key.startswith("manager:")
             )
-            details = {"limit": str(self.item), "manager_id": manager_id, "retry_after_seconds": retry}
-            await _send_json(
-                send,
-                429,
-                store_envelope("RATE_LIMIT_EXCEEDED", message, details),
-                [*extra, (b"retry-after", str(retry).encode())],
-            )
+            await send_error(send, scope["path"], limited, extra)
             return
         if too_large:
-            message = f"The request body is larger than {MAX_BODY_BYTES} bytes (1 MiB)."
-            details = {"max_bytes": MAX_BODY_BYTES}
-            await _send_json(send, 413, store_envelope("PAYLOAD_TOO_LARGE", message, details), extra)
+            await send_error(send, scope["path"], PayloadTooLarge(MAX_BODY_BYTES), extra)
             return
 
         replayed = False
@@ -256,7 +245,7 @@ class StoreRateLimitMiddleware:
             # Answer the 500 here so that it carries the headers too, then let the exception reach
             # RequestContextMiddleware, which logs it with the request id (and sends nothing more).
             if not started:
-                await _send_json(send_with_headers, 500, internal_error_body(scope["path"]), [])
+                await send_error(send_with_headers, scope["path"], InternalError())
             raise
 
     async def decide(self, key: str) -> Decision | None:
@@ -312,21 +301,3 @@ async def _read_body(receive: Receive, cap: int) -> tuple[bytes, bool] | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks), False
-
-
-async def _send_json(
-    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
-) -> None:
-    raw = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(raw)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": raw})

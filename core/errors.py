@@ -1,42 +1,104 @@
-"""The domain error hierarchy (CONTRACT.md, "Core API" error table).
+"""The domain error hierarchy (CONTRACT.md, "Core API" error table; the store's codes, "Store API").
 
 Each error carries what the HTTP edge needs to render it and nothing about HTTP itself beyond the
 status number: `code` (machine-readable, stable), `title` (the contract's exact `error` string),
-`message` (a sentence for people) and `details` (a JSON object). `api/errors.py` turns them into the
-core envelope `{"error", "message", "code", "details", "request_id"}` or the store envelope.
+`message` (a sentence for people) and `details` (a JSON object). An error with a fixed sentence has
+a `template` (`str.format` fields) and keeps the values it was filled from in `params`, ids as
+integers, so that the edge writes each id as its surface names it (`42` in the core API, `prod_042`
+in the store API) from the value, never by editing the sentence. `api/errors.py` alone turns an error
+into the core envelope `{"error", "message", "code", "details", "request_id"}` or the store envelope,
+and `example()` is the instance the OpenAPI document shows. How to add an error: docs/errors.md.
 """
 
 from __future__ import annotations
 
+from string import Formatter
 from typing import Any, ClassVar
+
+#: Keys of `params` and `details` holding ids that the store API writes as public ids (`prod_001`).
+ID_KINDS: dict[str, str] = {"product_id": "product", "order_id": "order"}
+
+#: Error classes with a fixed sentence, by code; None for a code that several such classes share.
+_TEMPLATED: dict[str, type[DomainError] | None] = {}
 
 
 class DomainError(Exception):
-    """Base of every error the domain raises on purpose."""
+    """Base of every error raised on purpose. `message` is the sentence as the core API writes it,
+    `details` the envelope's JSON object, `params` the values `template` was filled from (empty when
+    the instance was given its sentence)."""
 
     status: ClassVar[int] = 400
     code: ClassVar[str] = "INVALID_REQUEST"
     title: ClassVar[str] = "Invalid input"
+    #: The sentence as a `str.format` template over `params`; None when each instance is given one.
+    template: ClassVar[str | None] = None
+    #: The name of `example()` among the OpenAPI document's examples (default: the code, lower case).
+    example_name: ClassVar[str | None] = None
 
-    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, message: str, details: dict[str, Any] | None = None, *, params: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details: dict[str, Any] = details or {}
+        self.params: dict[str, Any] = params or {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("template"):
+            _TEMPLATED[cls.code] = None if cls.code in _TEMPLATED else cls
+
+    @classmethod
+    def sentence(cls, **params: Any) -> str:
+        """`template` filled from `params`."""
+        if cls.template is None:
+            raise TypeError(f"{cls.__name__} has no template")
+        return cls.template.format(**params)
+
+    @classmethod
+    def example(cls) -> DomainError:
+        """The instance the OpenAPI document shows for this class."""
+        return cls("The request is invalid.")
+
+    @classmethod
+    def example_key(cls) -> str:
+        """The example's name in the OpenAPI document (`product_not_found`)."""
+        return cls.example_name or cls.code.lower()
 
     def to_dict(self) -> dict[str, Any]:
-        """The error as stored on a rejected order: `{code, error, message, details}`."""
-        return {
+        """The error as stored on a rejected order: `{code, error, message, details}`, and `params`
+        with the values of the sentence that `details` do not carry (`{"name": "Product A"}`), so that
+        the store API can write the sentence again from `details` and `params`."""
+        out: dict[str, Any] = {
             "code": self.code,
             "error": self.title,
             "message": self.message,
             "details": self.details,
         }
+        extra = {key: value for key, value in self.params.items() if key not in self.details}
+        if extra:
+            out["params"] = extra
+        return out
+
+
+def templated_class(code: str) -> type[DomainError] | None:
+    """The one error class with a fixed sentence whose code is `code` (a stored error's), if any."""
+    return _TEMPLATED.get(code)
+
+
+def template_fields(template: str) -> set[str]:
+    """The `str.format` field names of `template`."""
+    return {name for _, name, _, _ in Formatter().parse(template) if name}
 
 
 class InvalidInput(DomainError):
+    """400 `Invalid input`: a request the domain refuses (validation failures are rendered by the
+    edge from pydantic's errors, `api.errors.validation_error`)."""
+
     status = 400
     code = "INVALID_REQUEST"
     title = "Invalid input"
+    example_name = "invalid_input"
 
 
 class NotFound(DomainError):
@@ -44,75 +106,117 @@ class NotFound(DomainError):
     code = "NOT_FOUND"
     title = "Not found"
 
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls("No resource at this path.")
+
 
 class ProductNotFound(NotFound):
     code = "PRODUCT_NOT_FOUND"
     title = "Product not found"
+    template = "The product with ID {product_id} does not exist."
 
-    def __init__(self, product_id: int | str) -> None:
-        super().__init__(f"The product with ID {product_id} does not exist.", {"product_id": product_id})
+    def __init__(self, product_id: int) -> None:
+        params = {"product_id": product_id}
+        super().__init__(self.sentence(**params), dict(params), params=params)
         self.product_id = product_id
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls(42)
 
 
 class OrderNotFound(NotFound):
     code = "ORDER_NOT_FOUND"
     title = "Order not found"
+    template = "The order with ID {order_id} does not exist."
 
-    def __init__(self, order_id: int | str) -> None:
-        super().__init__(f"The order with ID {order_id} does not exist.", {"order_id": order_id})
+    def __init__(self, order_id: int) -> None:
+        params = {"order_id": order_id}
+        super().__init__(self.sentence(**params), dict(params), params=params)
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls(7)
 
 
 class UserNotFound(NotFound):
     code = "USER_NOT_FOUND"
     title = "User not found"
+    template = "The user with ID {user_id} does not exist."
 
-    def __init__(self, user_id: int | str) -> None:
-        super().__init__(f"The user with ID {user_id} does not exist.", {"user_id": user_id})
+    def __init__(self, user_id: int) -> None:
+        params = {"user_id": user_id}
+        super().__init__(self.sentence(**params), dict(params), params=params)
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls(3)
 
 
 class InsufficientStock(DomainError):
     status = 400
     code = "INSUFFICIENT_STOCK"
     title = "Insufficient stock"
+    template = "There are only {available} units of {name} in stock, but you requested {requested}."
 
     def __init__(self, product_id: int, name: str, available: int, requested: int) -> None:
+        params = {"product_id": product_id, "name": name, "available": available, "requested": requested}
         super().__init__(
-            f"There are only {available} units of {name} in stock, but you requested {requested}.",
+            self.sentence(**params),
             {"product_id": product_id, "available": available, "requested": requested},
+            params=params,
         )
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls(1, "Product A", 5, 10)
 
 
 class ProductDiscontinued(DomainError):
     status = 400
     code = "PRODUCT_DISCONTINUED"
     title = "Product discontinued"
+    template = "The product {name} (ID {product_id}) is discontinued and cannot be ordered."
+    example_name = "discontinued"
 
     def __init__(self, product_id: int, name: str) -> None:
-        super().__init__(
-            f"The product {name} (ID {product_id}) is discontinued and cannot be ordered.",
-            {"product_id": product_id},
-        )
+        params = {"product_id": product_id, "name": name}
+        super().__init__(self.sentence(**params), {"product_id": product_id}, params=params)
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls(1, "Product A")
 
 
 class InvalidStatus(DomainError):
     status = 400
     code = "INVALID_STATUS"
     title = "Invalid status"
+    template = "Order status must be either 'Pending' or 'Completed'."
 
     def __init__(self, value: object) -> None:
-        super().__init__("Order status must be either 'Pending' or 'Completed'.", {"status": value})
+        super().__init__(self.sentence(), {"status": value}, params={"status": value})
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls("Shipped")
 
 
 class InvalidStatusTransition(DomainError):
     status = 409
     code = "INVALID_STATUS_TRANSITION"
     title = "Invalid status transition"
+    template = "Order {order_id} is {current} and cannot become {requested}."
+    example_name = "invalid_transition"
 
     def __init__(self, order_id: int, current: str, target: str) -> None:
-        super().__init__(
-            f"Order {order_id} is {current} and cannot become {target}.",
-            {"order_id": order_id, "current": current, "requested": target},
-        )
+        params = {"order_id": order_id, "current": current, "requested": target}
+        super().__init__(self.sentence(**params), dict(params), params=params)
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls(7, "rejected", "completed")
 
 
 class Unauthorized(DomainError):
@@ -124,14 +228,140 @@ class Unauthorized(DomainError):
     title = "Unauthorized"
     challenge: ClassVar[str] = 'Basic realm="orderflow"'
 
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls("Authentication required: send Basic credentials or a Bearer token.")
+
 
 class Forbidden(DomainError):
     status = 403
     code = "FORBIDDEN"
     title = "Forbidden"
 
+    @classmethod
+    def example(cls) -> DomainError:
+        return RoleRequired("manager or admin", "customer")
+
+
+class RoleRequired(Forbidden):
+    """403: the caller's role is not one the action needs (CONTRACT.md, "Users and authentication")."""
+
+    template = "This action needs the {roles} role."
+
+    def __init__(self, roles: str, role: str) -> None:
+        super().__init__(self.sentence(roles=roles), {"role": role}, params={"roles": roles, "role": role})
+
+
+class RoleGrantForbidden(Forbidden):
+    """403: only an admin may create a user with a role other than `customer`."""
+
+    template = "Only an admin can create a user with the role '{role}'."
+    example_name = "forbidden_role"
+
+    def __init__(self, role: str) -> None:
+        params = {"role": role}
+        super().__init__(self.sentence(**params), dict(params), params=params)
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls("manager")
+
 
 class Conflict(DomainError):
     status = 409
     code = "CONFLICT"
     title = "Conflict"
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return IdempotencyKeyReused("abc")
+
+
+class IdempotencyKeyReused(Conflict):
+    """409: an `Idempotency-Key` sent again with another body (CONTRACT.md, "Orders")."""
+
+    template = "The idempotency key '{idempotency_key}' was already used with a different request."
+
+    def __init__(self, key: str) -> None:
+        params = {"idempotency_key": key}
+        super().__init__(self.sentence(**params), dict(params), params=params)
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls("abc")
+
+
+class UsernameTaken(Conflict):
+    template = "The username '{username}' is already taken."
+    example_name = "username_taken"
+
+    def __init__(self, username: str) -> None:
+        params = {"username": username}
+        super().__init__(self.sentence(**params), dict(params), params=params)
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls("alice")
+
+
+class LastAdmin(Conflict):
+    template = "The last admin cannot lose the admin role."
+    example_name = "last_admin"
+
+    def __init__(self, user_id: int) -> None:
+        super().__init__(self.sentence(), {"user_id": user_id}, params={"user_id": user_id})
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls(1)
+
+
+# --- the store API's own refusals (CONTRACT.md, "Store API"; fields named as the store names them) ---
+
+
+class DuplicateInBatch(InvalidInput):
+    """400: two items of one `POST /api/inventory/products` batch name the same product."""
+
+    template = "{field}: '{value}' is already given by {duplicate_of}; name each product once per batch."
+    example_name = "duplicate_in_batch"
+
+    def __init__(self, field: str, value: str, duplicate_of: str) -> None:
+        params = {"field": field, "value": value, "duplicate_of": duplicate_of}
+        super().__init__(
+            self.sentence(**params), {"field": field, "duplicate_of": duplicate_of}, params=params
+        )
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls("products[1].name", "Product A", "products[0]")
+
+
+class ProductNameTaken(InvalidInput):
+    """400: an update would give a product the name of another of the manager's products."""
+
+    template = "{field}: {manager_id} already has a product named '{name}' ({product_id})."
+    example_name = "product_name_taken"
+
+    def __init__(self, field: str, manager_id: str, name: str, product_id: int) -> None:
+        params = {"field": field, "manager_id": manager_id, "name": name, "product_id": product_id}
+        super().__init__(self.sentence(**params), {"field": field, "product_id": product_id}, params=params)
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls("products[1].name", "mgr_123", "Product A", 1)
+
+
+class ManagerMismatch(Forbidden):
+    """403 (store API with `STORE_REQUIRE_AUTH=true`): a manager acting for another `manager_id`
+    than the one bound to their account."""
+
+    template = "Your account may act for manager_id '{bound_manager_id}' only."
+    example_name = "forbidden"
+
+    def __init__(self, manager_id: str | None, bound_manager_id: str) -> None:
+        params = {"manager_id": manager_id, "bound_manager_id": bound_manager_id}
+        super().__init__(self.sentence(**params), dict(params), params=params)
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls("mgr_999", "mgr_123")

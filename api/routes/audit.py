@@ -15,6 +15,7 @@ from api.openapi import responses
 from api.pagination import set_page_headers
 from core.audit import service
 from core.audit.schemas import AuditEntryRead, AuditFilter, AwareTimestamp
+from core.errors import InvalidInput
 
 router = APIRouter(tags=["audit"])
 
@@ -22,7 +23,7 @@ router = APIRouter(tags=["audit"])
 @router.get(
     "/audit-log",
     response_model=list[AuditEntryRead],
-    responses=responses("admin", _400=["invalid_input"]),
+    responses=responses("admin", InvalidInput),
     summary="Read the audit log",
 )
 async def list_audit_log(

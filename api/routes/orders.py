@@ -27,6 +27,16 @@ from api.outcomes import (
 )
 from api.pagination import set_page_headers
 from core.config import settings
+from core.errors import (
+    Conflict,
+    InsufficientStock,
+    InvalidInput,
+    InvalidStatus,
+    InvalidStatusTransition,
+    OrderNotFound,
+    ProductDiscontinued,
+    ProductNotFound,
+)
 from core.events import OrderOutcome, Watch
 from core.orders import service
 from core.orders.intake import OrderRequest, submit_order
@@ -37,7 +47,6 @@ from core.types import MAX_ID, DecimalDigits
 router = APIRouter(prefix="/orders", tags=["orders"])
 
 OrderId = Annotated[int, Path(ge=1, le=MAX_ID, description="Order id"), DecimalDigits]
-_404 = ["order_not_found"]
 
 
 def _order_response(order: OrderRead, status_code: int = 200, **headers: str) -> JSONResponse:
@@ -85,11 +94,7 @@ def _with_outcome(order: OrderRead, outcome: OrderOutcome) -> OrderRead:
             "description": "With `Prefer: wait=N`: the order settled (confirmed or rejected) within N "
             "seconds; `Location` and `Preference-Applied: wait=N` are set.",
         },
-        **responses(
-            _400=["invalid_input", "insufficient_stock", "discontinued"],
-            _404=["product_not_found"],
-            _409=["conflict"],
-        ),
+        **responses(InvalidInput, InsufficientStock, ProductDiscontinued, ProductNotFound, Conflict),
     },
     summary="Submit an order (processed asynchronously)",
 )
@@ -135,7 +140,7 @@ async def create_order(
     return _settling(request, watches.open(order.id), order, wait, owner, render, submitted=True)
 
 
-@router.get("", response_model=list[OrderRead], responses=responses(_400=["invalid_input"]))
+@router.get("", response_model=list[OrderRead], responses=responses(InvalidInput))
 async def list_orders(
     request: Request,
     response: Response,
@@ -157,7 +162,7 @@ async def list_orders(
     return [OrderRead.of(o) for o in items]
 
 
-@router.get("/{order_id}", response_model=OrderRead, responses=responses(_404=_404))
+@router.get("/{order_id}", response_model=OrderRead, responses=responses(OrderNotFound))
 async def get_order(
     order_id: OrderId,
     request: Request,
@@ -185,7 +190,7 @@ async def get_order(
 @router.put(
     "/{order_id}/status",
     response_model=OrderRead,
-    responses=responses("staff", _400=["invalid_status"], _404=_404, _409=["invalid_transition"]),
+    responses=responses("staff", InvalidStatus, OrderNotFound, InvalidStatusTransition),
 )
 async def set_order_status(
     order_id: OrderId, body: OrderStatusUpdate, session: SessionDep, user: StaffUser
@@ -201,7 +206,7 @@ async def set_order_status(
 @router.post(
     "/{order_id}/cancel",
     response_model=OrderRead,
-    responses=responses(_404=_404, _409=["invalid_transition"]),
+    responses=responses(OrderNotFound, InvalidStatusTransition),
 )
 async def cancel_order(order_id: OrderId, session: SessionDep, user: CurrentUser) -> JSONResponse:
     """Cancel a pending or confirmed order; a confirmed order's stock goes back to the shelf.

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import CurrentUser, PageDep, SessionDep, StaffUser
-from api.openapi import responses
+from api.openapi import INVALID_INPUT, NEGATIVE_STOCK, responses
 from api.pagination import set_page_headers
 from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
+from core.errors import InsufficientStock, InvalidInput, ProductNotFound
 from core.products import service
 from core.products.schemas import (
     ProductCreate,
@@ -26,8 +27,7 @@ from core.types import MANAGER_ID_MAX_LENGTH, MAX_ID, DecimalDigits
 router = APIRouter(prefix="/products", tags=["products"])
 
 ProductId = Annotated[int, Path(ge=1, le=MAX_ID, description="Product id"), DecimalDigits]
-_404 = ["product_not_found"]
-_400 = ["invalid_input", "negative_stock"]
+_400 = (INVALID_INPUT, NEGATIVE_STOCK)
 
 
 async def _audit(
@@ -50,7 +50,7 @@ async def _audit(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ProductRead,
-    responses=responses("staff", _400=_400),
+    responses=responses("staff", *_400),
     summary="Create a product",
 )
 async def create_product(
@@ -70,7 +70,7 @@ async def create_product(
     return ProductRead.model_validate(product)
 
 
-@router.get("", response_model=list[ProductRead], responses=responses(_400=["invalid_input"]))
+@router.get("", response_model=list[ProductRead], responses=responses(InvalidInput))
 async def list_products(
     request: Request,
     response: Response,
@@ -92,7 +92,7 @@ async def list_products(
 @router.get(
     "/below_requirement",
     response_model=list[ProductRead],
-    responses=responses(_400=["invalid_input"]),
+    responses=responses(InvalidInput),
 )
 async def below_requirement(
     request: Request, response: Response, session: SessionDep, page: PageDep, _user: CurrentUser
@@ -103,7 +103,7 @@ async def below_requirement(
     return [ProductRead.model_validate(p) for p in items]
 
 
-@router.get("/{product_id}", response_model=ProductRead, responses=responses(_404=_404))
+@router.get("/{product_id}", response_model=ProductRead, responses=responses(ProductNotFound))
 async def get_product(product_id: ProductId, session: SessionDep, _user: CurrentUser) -> ProductRead:
     product = await session.run_sync(service.get_product, product_id)
     return ProductRead.model_validate(product)
@@ -117,7 +117,7 @@ async def _update(product_id: int, body: ProductUpdate, session: SessionDep, act
     return ProductRead.model_validate(product)
 
 
-@router.put("/{product_id}", response_model=ProductRead, responses=responses("staff", _400=_400, _404=_404))
+@router.put("/{product_id}", response_model=ProductRead, responses=responses("staff", *_400, ProductNotFound))
 async def put_product(
     product_id: ProductId, body: ProductUpdate, session: SessionDep, user: StaffUser
 ) -> ProductRead:
@@ -125,7 +125,9 @@ async def put_product(
     return await _update(product_id, body, session, user.username)
 
 
-@router.patch("/{product_id}", response_model=ProductRead, responses=responses("staff", _400=_400, _404=_404))
+@router.patch(
+    "/{product_id}", response_model=ProductRead, responses=responses("staff", *_400, ProductNotFound)
+)
 async def patch_product(
     product_id: ProductId, body: ProductUpdate, session: SessionDep, user: StaffUser
 ) -> ProductRead:
@@ -134,7 +136,7 @@ async def patch_product(
 
 
 @router.delete(
-    "/{product_id}", status_code=status.HTTP_204_NO_CONTENT, responses=responses("staff", _404=_404)
+    "/{product_id}", status_code=status.HTTP_204_NO_CONTENT, responses=responses("staff", ProductNotFound)
 )
 async def delete_product(product_id: ProductId, session: SessionDep, user: StaffUser) -> Response:
     """Delete the product: 404 from then on; orders that referenced it keep their lines."""
@@ -146,7 +148,7 @@ async def delete_product(product_id: ProductId, session: SessionDep, user: Staff
 @router.patch(
     "/increment/{product_id}",
     response_model=ProductRead,
-    responses=responses("staff", _400=["invalid_input"], _404=_404),
+    responses=responses("staff", InvalidInput, ProductNotFound),
 )
 async def increment_stock(
     product_id: ProductId, body: StockChange, session: SessionDep, user: StaffUser
@@ -161,7 +163,7 @@ async def increment_stock(
 @router.patch(
     "/decrement/{product_id}",
     response_model=ProductRead,
-    responses=responses("staff", _400=["insufficient_stock", "invalid_input"], _404=_404),
+    responses=responses("staff", InsufficientStock, InvalidInput, ProductNotFound),
 )
 async def decrement_stock(
     product_id: ProductId, body: StockChange, session: SessionDep, user: StaffUser
@@ -176,7 +178,7 @@ async def decrement_stock(
 @router.get(
     "/{product_id}/movements",
     response_model=list[StockMovementRead],
-    responses=responses("staff", _404=_404),
+    responses=responses("staff", ProductNotFound),
 )
 async def list_movements(
     product_id: ProductId,

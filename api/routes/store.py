@@ -23,8 +23,15 @@ from fastapi.security import HTTPAuthorizationCredentials
 from api import metrics
 from api.auth import MISSING_MESSAGE, authenticate, basic_scheme, bearer_scheme
 from api.deps import SessionDep, single_statement
-from api.errors import store_envelope
-from api.openapi import store_responses
+from api.errors import rejection_response
+from api.openapi import (
+    STORE_INVALID_EMAIL,
+    STORE_INVALID_ORDER_ID,
+    STORE_INVALID_STATUS,
+    STORE_MISSING_MANAGER_ID,
+    Example,
+    store_responses,
+)
 from api.outcomes import (
     RETRY_AFTER_SECONDS,
     IdempotencyKeyHeader,
@@ -36,7 +43,18 @@ from api.outcomes import (
 )
 from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
-from core.errors import Forbidden, OrderNotFound, Unauthorized
+from core.errors import (
+    DuplicateInBatch,
+    Forbidden,
+    IdempotencyKeyReused,
+    InsufficientStock,
+    InvalidInput,
+    ManagerMismatch,
+    OrderNotFound,
+    ProductDiscontinued,
+    ProductNotFound,
+    Unauthorized,
+)
 from core.events import Watch
 from core.orders.intake import OrderRequest
 from core.orders.models import OrderStatus
@@ -60,8 +78,6 @@ router = APIRouter(prefix="/api", tags=["store"])
 #: Credentials are optional in the OpenAPI document: the routes take them only with
 #: STORE_REQUIRE_AUTH=true (an empty requirement is appended to the two schemes).
 OPTIONAL_AUTH: dict[str, Any] = {"security": [{}]}
-#: HTTP status of a rejected order, by the rejection's code (CONTRACT.md: 400/404).
-REJECTION_STATUS = {"PRODUCT_NOT_FOUND": 404, "ORDER_NOT_FOUND": 404}
 
 
 # --- access ---------------------------------------------------------------------------------------
@@ -95,12 +111,12 @@ async def authorize_manager(session: SessionDep, caller: Principal | None, manag
         raise Forbidden("The store API needs the manager or admin role.", {"role": caller.role.value})
     bound = await session.run_sync(users_service.manager_binding, caller.id)
     if bound is None or bound != manager_id:
-        raise Forbidden(
-            f"Your account may act for manager_id '{bound}' only."
-            if bound
-            else "Your account is not bound to a manager_id; an admin can bind one.",
-            {"manager_id": manager_id, "bound_manager_id": bound},
-        )
+        if bound is None:
+            raise Forbidden(
+                "Your account is not bound to a manager_id; an admin can bind one.",
+                {"manager_id": manager_id, "bound_manager_id": bound},
+            )
+        raise ManagerMismatch(manager_id, bound)
 
 
 def actor_of(caller: Principal | None, manager_id: str) -> str:
@@ -116,7 +132,7 @@ def actor_of(caller: Principal | None, manager_id: str) -> str:
     "/inventory/products",
     status_code=status.HTTP_201_CREATED,
     response_model=InventoryList,
-    responses=store_responses(_400=["invalid_request", "duplicate_in_batch"], _404=["product_not_found"]),
+    responses=store_responses(InvalidInput, DuplicateInBatch, ProductNotFound),
     summary="Add or update a manager's products (one transaction)",
     openapi_extra=OPTIONAL_AUTH,
 )
@@ -147,7 +163,7 @@ async def upsert_products(body: InventoryBatch, session: SessionDep, caller: Sto
 @router.get(
     "/inventory/products",
     response_model=InventoryList,
-    responses=store_responses(_400=["invalid_status", "missing_manager_id"]),
+    responses=store_responses(STORE_INVALID_STATUS, STORE_MISSING_MANAGER_ID),
     summary="List a manager's products (cached)",
     openapi_extra=OPTIONAL_AUTH,
 )
@@ -183,7 +199,7 @@ async def list_products(
     "/inventory/discontinue",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=store_responses(_404=["product_not_found"]),
+    responses=store_responses(ProductNotFound),
     summary="Stop selling a product (idempotent)",
     openapi_extra=OPTIONAL_AUTH,
 )
@@ -228,13 +244,7 @@ def outcome_response(order: store.StoreOrder) -> JSONResponse:
     if order.status == OrderStatus.CANCELLED:
         body = ProcessedOrder(order_id=order.id, status="cancelled", total_amount=order.total)
         return JSONResponse(body.model_dump(mode="json"), 200)
-    error = store.public_error(order.error or {}, order.id)
-    if order.status == OrderStatus.REJECTED:
-        code = str(error.get("code", "INVALID_REQUEST"))
-        return JSONResponse(
-            store_envelope(code, error["message"], error["details"]), REJECTION_STATUS.get(code, 400)
-        )
-    return JSONResponse(store_envelope("INTERNAL_ERROR", error["message"], error["details"]), 500)
+    return rejection_response(order.error or {}, order.id, failed=order.status != OrderStatus.REJECTED)
 
 
 def _settling(
@@ -263,10 +273,13 @@ def _settling(
     "/orders/process",
     response_model=ProcessedOrder,
     responses=store_responses(
-        _202=["pending"],
-        _400=["invalid_request", "insufficient_stock", "discontinued", "invalid_email"],
-        _404=["product_not_found"],
-        _409=["idempotency_conflict"],
+        InvalidInput,
+        InsufficientStock,
+        ProductDiscontinued,
+        STORE_INVALID_EMAIL,
+        ProductNotFound,
+        Example("idempotency_conflict", IdempotencyKeyReused.example()),
+        pending=True,
     ),
     summary="Process an order through the queue and wait for the outcome",
     openapi_extra=OPTIONAL_AUTH,
@@ -320,9 +333,11 @@ async def process_order(
     "/orders/{order_id}",
     response_model=ProcessedOrder,
     responses=store_responses(
-        _202=["pending"],
-        _400=["invalid_order_id", "insufficient_stock"],
-        _404=["order_not_found", "product_not_found"],
+        STORE_INVALID_ORDER_ID,
+        InsufficientStock,
+        Example("order_not_found", OrderNotFound(789)),
+        ProductNotFound,
+        pending=True,
     ),
     summary="Poll an order's outcome",
     openapi_extra=OPTIONAL_AUTH,
@@ -351,7 +366,7 @@ async def get_order(
                 raise
             # Another manager's order is not there, as far as this manager can tell (as in the
             # core API): a 403 would tell that the id exists.
-            raise OrderNotFound(format_order_id(order_id)) from exc
+            raise OrderNotFound(order_id) from exc
     if watch is None or order.status != OrderStatus.PENDING:
         return outcome_response(order)
     return _settling(request, watch, order, wait)

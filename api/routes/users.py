@@ -14,11 +14,11 @@ from sqlalchemy.orm import Session
 
 from api.auth import Authenticator, parse_basic, split_authorization
 from api.deps import AdminNow, OptionalUserNow, PageDep, SessionDep, UserNow
-from api.openapi import responses
+from api.openapi import WRONG_CREDENTIALS, Example, responses
 from api.pagination import set_page_headers
 from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
-from core.errors import Unauthorized
+from core.errors import Forbidden, LastAdmin, RoleGrantForbidden, Unauthorized, UsernameTaken, UserNotFound
 from core.types import MAX_ID, DecimalDigits
 from core.users import service
 from core.users.models import Role, User
@@ -27,6 +27,10 @@ from core.users.schemas import TokenRead, UserCreate, UserRead, UserUpdate
 router = APIRouter(tags=["users"])
 
 UserId = Annotated[int, Path(ge=1, le=MAX_ID, description="User id"), DecimalDigits]
+
+
+#: The 401 of `POST /login` without Basic credentials.
+LOGIN_MESSAGE = "Log in with Basic credentials: Authorization: Basic base64(username:password)."
 
 
 def _auth(request: Request) -> Authenticator:
@@ -38,7 +42,7 @@ def _auth(request: Request) -> Authenticator:
     "/users",
     status_code=status.HTTP_201_CREATED,
     response_model=UserRead,
-    responses=responses(_403=["forbidden_role"], _409=["username_taken"]),
+    responses=responses(RoleGrantForbidden, UsernameTaken),
     summary="Register a user",
     # Credentials are optional here: none registers a customer.
     openapi_extra={"security": [{}]},
@@ -75,7 +79,7 @@ async def create_user(
     return UserRead.model_validate(user)
 
 
-@router.get("/users", response_model=list[UserRead], responses=responses(auth="admin"))
+@router.get("/users", response_model=list[UserRead], responses=responses("admin"))
 async def list_users(
     request: Request,
     response: Response,
@@ -94,7 +98,7 @@ async def list_users(
     return [UserRead.model_validate(u) for u in items]
 
 
-@router.get("/users/{user_id}", response_model=UserRead, responses=responses(_404=["user_not_found"]))
+@router.get("/users/{user_id}", response_model=UserRead, responses=responses(UserNotFound))
 async def get_user(user_id: UserId, session: SessionDep, viewer: UserNow) -> UserRead:
     """The user themself, or anyone for an admin; any other id -> 404 `User not found`."""
     user = await session.run_sync(lambda s: service.get_user(s, user_id, viewer=viewer))
@@ -104,7 +108,7 @@ async def get_user(user_id: UserId, session: SessionDep, viewer: UserNow) -> Use
 @router.patch(
     "/users/{user_id}",
     response_model=UserRead,
-    responses=responses(_403=["forbidden"], _404=["user_not_found"], _409=["last_admin"]),
+    responses=responses(Forbidden, UserNotFound, LastAdmin),
     summary="Change a password, a role or a manager id binding",
 )
 async def update_user(
@@ -155,7 +159,7 @@ async def update_user(
 @router.post(
     "/login",
     response_model=TokenRead,
-    responses=responses(auth=None, _401=["wrong_password", "unauthorized"]),
+    responses=responses(None, WRONG_CREDENTIALS, Example("unauthorized", Unauthorized(LOGIN_MESSAGE))),
     summary="Exchange Basic credentials for a bearer token",
     openapi_extra={"security": [{"basicAuth": []}]},
 )
@@ -164,7 +168,7 @@ async def login(request: Request, session: SessionDep) -> JSONResponse:
     "bearer", expires_in}` (seconds). Use it as `Authorization: Bearer <access_token>`."""
     scheme, param = split_authorization(request.headers.get("authorization", ""))
     if scheme.lower() != "basic":
-        raise Unauthorized("Log in with Basic credentials: Authorization: Basic base64(username:password).")
+        raise Unauthorized(LOGIN_MESSAGE)
     auth = _auth(request)
     principal = await auth.basic(session, *parse_basic(param))
     body = TokenRead(access_token=auth.issue(principal), expires_in=auth.cfg.jwt_expires_seconds)

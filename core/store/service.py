@@ -1,13 +1,13 @@
 """Store API use cases (CONTRACT.md, "Store API"): the manager's inventory and order processing.
 
 They are the same products, orders, worker and stock movement ledger as the core API's; only the
-shapes differ. Functions take a synchronous `Session`, raise `core.errors` exceptions whose details
-carry public ids (`prod_001`, `ord_789`), and never commit.
+shapes differ. Functions take a synchronous `Session`, raise `core.errors` exceptions carrying the
+integer ids (the edge, `api.errors`, writes them as public ids `prod_001`, `ord_789`), and never
+commit.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from core import inventory
 from core.db import utcnow
-from core.errors import DomainError, InvalidInput, OrderNotFound, ProductNotFound
+from core.errors import DuplicateInBatch, OrderNotFound, ProductNameTaken, ProductNotFound
 from core.events import OrderOutcome
 from core.orders import service as orders
 from core.orders.intake import Intake, OrderRequest, OrderView, submit_order
@@ -27,40 +27,11 @@ from core.products import repository as products_repo
 from core.products import service as products
 from core.products.models import Product
 from core.products.schemas import ProductCreate
-from core.store.ids import format_order_id, format_product_id
+from core.store.ids import format_product_id
 from core.store.schemas import InventoryBatch, InventoryItem, InventoryItemIn
 
 #: Order statuses the store reports as `processed`: the stock is reserved.
 PROCESSED_STATUSES = STOCK_HOLDING_STATUSES
-
-_ID_IN_MESSAGE = re.compile(r"\bID (\d+)\b")
-
-
-def public_error(error: dict[str, Any], order_id: int | None = None) -> dict[str, Any]:
-    """A domain error object (`DomainError.to_dict()` or a rejected order's `error`) with the
-    store's public ids: `details.product_id` and `details.order_id` become `prod_...` / `ord_...`,
-    and so does an `ID 7` in the message. `order_id`, when given, is added to the details."""
-    details = dict(error.get("details") or {})
-    message = str(error.get("message", ""))
-    product_id = details.get("product_id")
-    if isinstance(product_id, int):
-        details["product_id"] = format_product_id(product_id)
-        message = _ID_IN_MESSAGE.sub(lambda m: f"ID {format_product_id(int(m.group(1)))}", message)
-    elif isinstance(details.get("order_id"), int):
-        message = _ID_IN_MESSAGE.sub(lambda m: f"ID {format_order_id(int(m.group(1)))}", message)
-    if isinstance(details.get("order_id"), int):
-        details["order_id"] = format_order_id(details["order_id"])
-    if order_id is not None:
-        details["order_id"] = format_order_id(order_id)
-    return {**error, "message": message, "details": details}
-
-
-def publicized(exc: DomainError, order_id: int | None = None) -> DomainError:
-    """`exc` with its message and details rewritten by `public_error` (same class and status)."""
-    rewritten = public_error({"message": exc.message, "details": exc.details}, order_id)
-    exc.message, exc.details = rewritten["message"], rewritten["details"]
-    exc.args = (exc.message,)
-    return exc
 
 
 def item_of(product: Product | Any) -> InventoryItem:
@@ -83,8 +54,9 @@ def upsert_inventory(
     named are locked in one statement, in ascending id order (the global lock order of CONTRACT.md,
     "Processing guarantees"). Every item is checked before anything is written:
     raises ProductNotFound (404) for an `id` that does not exist or is another manager's, and
-    InvalidInput (400, `details.field` naming the item) for two items naming the same product or an
-    update that would give the product the name of another of the manager's products.
+    DuplicateInBatch (400) for two items naming the same product and ProductNameTaken (400) for an
+    update that would give the product the name of another of the manager's products (both with
+    `details.field` naming the item).
     Returns (product as the store shows it, created?) in the order of the request.
     """
     manager = batch.manager_id
@@ -100,16 +72,12 @@ def upsert_inventory(
         if item.id is not None:
             product = by_id.get(item.id)
             if product is None or product.manager_id != manager:
-                missing = ProductNotFound(format_product_id(item.id))
+                missing = ProductNotFound(item.id)
                 missing.details["field"] = f"products[{index}].id"
                 raise missing
             clash = by_name.get(item.name) if item.name is not None else None
             if clash is not None and clash.id != product.id:
-                raise InvalidInput(
-                    f"products[{index}].name: {manager} already has a product named '{item.name}' "
-                    f"({format_product_id(clash.id)}).",
-                    {"field": f"products[{index}].name", "product_id": format_product_id(clash.id)},
-                )
+                raise ProductNameTaken(f"products[{index}].name", manager, str(item.name), clash.id)
             targets.append(product)
         else:
             targets.append(by_name.get(item.name))  # type: ignore[arg-type]
@@ -139,12 +107,8 @@ def _check_unique(items: list[InventoryItemIn]) -> None:
             seen_names[item.name] = index
 
 
-def _duplicate(index: int, field: str, first: int, value: str) -> InvalidInput:
-    return InvalidInput(
-        f"products[{index}].{field}: '{value}' is already given by products[{first}]; "
-        "name each product once per batch.",
-        {"field": f"products[{index}].{field}", "duplicate_of": f"products[{first}]"},
-    )
+def _duplicate(index: int, field: str, first: int, value: str) -> DuplicateInBatch:
+    return DuplicateInBatch(f"products[{index}].{field}", value, f"products[{first}]")
 
 
 def _create(session: Session, manager: str, item: InventoryItemIn, actor: str | None) -> Product:
@@ -178,7 +142,7 @@ def discontinue(session: Session, manager_id: str, product_id: int) -> bool:
     written). Raises ProductNotFound (404) when the product does not exist or is another manager's."""
     product = products_repo.get(session, product_id, for_update=True)
     if product is None or product.manager_id != manager_id:
-        raise ProductNotFound(format_product_id(product_id))
+        raise ProductNotFound(product_id)
     if product.discontinued:
         return False
     product.discontinued = True
@@ -213,21 +177,18 @@ async def place_order(session: AsyncSession, request: OrderRequest) -> Intake:
     """`POST /api/orders/process`, intake: the core intake (`core.orders.intake.submit_order`) for a
     store order (`request.manager_id` set: only that manager's products can be ordered), so most
     rejections are answered without a trip through the queue; the worker's reservation still decides.
-    Raises the domain errors of `submit_order` with public ids (`prod_001`)."""
-    try:
-        return await submit_order(session, request)
-    except DomainError as exc:
-        raise publicized(exc) from None
+    Raises the domain errors of `submit_order`."""
+    return await submit_order(session, request)
 
 
 def get_order(session: Session, order_id: int) -> StoreOrder:
     """The order as the store sees it. Only store orders (placed for a `manager_id`) are visible
     here: an order of the core API belongs to a user, whom the store API does not know. Raises
-    OrderNotFound (404, public id)."""
+    OrderNotFound (404)."""
     try:
         order = orders.get_order(session, order_id)
     except OrderNotFound:
         order = None
     if order is None or order.manager_id is None:
-        raise OrderNotFound(format_order_id(order_id))
+        raise OrderNotFound(order_id)
     return StoreOrder.of(order)

@@ -192,6 +192,8 @@ def test_reserve_order_rejects_all_lines_or_none(db):
         "error": "Insufficient stock",
         "message": "There are only 2 units of B in stock, but you requested 4.",
         "details": {"product_id": b, "available": 2, "requested": 4},
+        # The values the sentence was made from, so that the store API can write it with `prod_...`.
+        "params": {"name": "B"},
     }
     assert order.attempts == 1
     assert service.reserve_order(db, order_id) == "rejected"

@@ -152,6 +152,7 @@ def test_each_rule_rejects_with_its_reason_and_a_batch_is_all_or_nothing_per_ord
         "error": "Insufficient stock",
         "message": "There are only 1 units of E in stock, but you requested 2.",
         "details": {"product_id": e, "available": 1, "requested": 2},
+        "params": {"name": "E"},  # what the sentence needs beyond details (the store API writes it again)
     }
     assert found[all_or_nothing].error["details"] == {"product_id": e, "available": 1, "requested": 2}
     assert found[first_failing_line].error["details"] == {"product_id": gone}
