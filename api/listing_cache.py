@@ -21,7 +21,6 @@ from typing import cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from core.config import settings
 from core.products import cache
 from core.redisconn import Availability
 
@@ -64,7 +63,7 @@ class ListingCache:
         self,
         redis: aioredis.Redis,
         ttl: float,
-        timeout: float = settings.redis_timeout_seconds,
+        timeout: float,
         availability: Availability | None = None,
     ) -> None:
         self._redis = redis

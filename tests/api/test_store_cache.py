@@ -220,7 +220,7 @@ async def test_store_cache_seconds_zero_turns_the_cache_off(anon):
 
 async def test_redis_unreachable_reads_the_database():
     unreachable = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
-    listings = ListingCache(unreachable, ttl=60)
+    listings = ListingCache(unreachable, ttl=60, timeout=0.25)
     assert await listings.lookup(MGR, "all") == (None, None)
     await listings.store(MGR, "all", "v1", b"{}")  # a no-op, never an error
     await unreachable.aclose()
