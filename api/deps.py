@@ -53,6 +53,8 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
             await session.rollback()
             raise
         effects = take_effects(session.sync_session)
+        for user_id in effects.credentials:
+            state.auth.forget(user_id)
         if effects:
             await state.effects.run(effects)
 

@@ -82,9 +82,8 @@ async def ensure_first_admin(app: FastAPI, cfg: Settings) -> None:
         if await session.run_sync(users_service.credentials_of, username) is not None:
             return
     password_hash = await app.state.auth.hash_password(password)
-    async with app.state.sessionmaker() as session:
+    async with app.state.sessionmaker.begin() as session:  # commits on leaving the block
         created = await session.run_sync(users_service.ensure_user, username, password_hash, Role.ADMIN)
-        await session.commit()
     if created:
         log.info("first admin created", extra={"username": username})
 

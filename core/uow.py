@@ -6,7 +6,10 @@ register on the session instead:
 * `dispatch`: order ids to send to the workers (the orders table is the outbox: an id that is never
   sent stays `pending` and the beat sweep sends it);
 * `events`: order outcomes to publish to the waiting requests (`core.events`);
-* `listings`: store managers whose cached listings a write changed (`core.products.cache`).
+* `listings`: store managers whose cached listings a write changed (`core.products.cache`);
+* `credentials`: users whose password, role or binding changed: the API process that made the change
+  drops them from its authentication caches at once (other processes within `AUTH_USER_CACHE_SECONDS`,
+  CONTRACT.md "Users and authentication").
 
 The edge that owns the transaction (the API's request dependency, `core.db.session_scope` for tasks
 and the CLI) commits once and then takes the effects and runs them: the API with its async clients and
@@ -36,9 +39,10 @@ class Effects:
     dispatch: list[int] = field(default_factory=list)
     events: list[OrderOutcome] = field(default_factory=list)
     listings: set[str] = field(default_factory=set)
+    credentials: set[int] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return bool(self.dispatch or self.events or self.listings)
+        return bool(self.dispatch or self.events or self.listings or self.credentials)
 
 
 def effects_of(session: Session) -> Effects:

@@ -123,11 +123,12 @@ async def update_user(
     bound."""
     auth = _auth(request)
     manager_id = body.manager_id if body.manager_id_given else service.KEEP
-    # Answer 404/403/400 before paying for a bcrypt hash.
-    await session.run_sync(
-        lambda s: service.check_may_update(s, user_id, actor=actor, role=body.role, manager_id=manager_id)
-    )
-    await session.rollback()  # no transaction held open while hashing
+    # Answer 404/403/400 before paying for a bcrypt hash, on a read session (autocommit on
+    # PostgreSQL): no transaction is held open while hashing.
+    async with request.app.state.read_sessionmaker() as check:
+        await check.run_sync(
+            lambda s: service.check_may_update(s, user_id, actor=actor, role=body.role, manager_id=manager_id)
+        )
     password_hash = await auth.hash_password(body.password) if body.password is not None else None
 
     def update(s: Session) -> User:
@@ -150,10 +151,7 @@ async def update_user(
         return change.user
 
     user = await session.run_sync(update)
-    result = UserRead.model_validate(user)
-    await session.commit()
-    auth.forget(user_id)
-    return result
+    return UserRead.model_validate(user)
 
 
 @router.post(

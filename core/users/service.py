@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from core.config import Settings
 from core.db import utcnow
 from core.errors import Conflict, Forbidden, InvalidInput, UserNotFound
+from core.uow import effects_of
 from core.users import repository as repo
 from core.users.models import Role, User
 from core.users.schemas import check_password, check_username
@@ -175,7 +176,8 @@ def change_user(
     manager_id: ManagerIdChange = KEEP,
 ) -> UserChange:
     """Change a user's password (the user or an admin), role and/or bound manager id (admins only;
-    None unbinds, `KEEP` leaves it). A user who stops being a `manager` is unbound.
+    None unbinds, `KEEP` leaves it). A user who stops being a `manager` is unbound. After the commit
+    the API forgets the user's cached credentials (`core.uow`, `credentials`).
 
     Raises `UserNotFound` (missing, or not visible to `actor`), `Forbidden` (a non-admin changing a
     role or a binding), `InvalidInput` (binding a user who is not a manager), and `Conflict`
@@ -214,6 +216,9 @@ def change_user(
     if changed:
         user = repo.lock(session, user_id)
         assert user is not None
+    # Cached credentials of this user stop counting once the change is committed (even with nothing
+    # changed: a cache may hold a row older than the one just read).
+    effects_of(session).credentials.add(user_id)
     return UserChange(user=user, changed=tuple(changed))
 
 
