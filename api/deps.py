@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.auth import MISSING_MESSAGE, authenticate, basic_scheme, bearer_scheme
 from core.db import bind_statement_pool
-from core.errors import Forbidden, Unauthorized
+from core.errors import RoleRequired, Unauthorized
 from core.types import MAX_ID, DecimalDigits
 from core.uow import take_effects
 from core.users import service as users_service
@@ -104,7 +104,7 @@ async def current_principal(
 def require_staff(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
     """A manager or an admin; 403 `Forbidden` for a customer."""
     if not principal.is_staff:
-        raise Forbidden("This action needs the manager or admin role.", {"role": principal.role.value})
+        raise RoleRequired.staff(principal.role.value)
     return principal
 
 
@@ -130,7 +130,7 @@ async def current_role(principal: Annotated[Principal | None, Depends(optional_c
 def require_admin(principal: Annotated[Principal, Depends(current_role)]) -> Principal:
     """An admin by the role stored now (only user management needs one); 403 `Forbidden` otherwise."""
     if not principal.is_admin:
-        raise Forbidden("This action needs the admin role.", {"role": principal.role.value})
+        raise RoleRequired.admin(principal.role.value)
     return principal
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from api.auth import MISSING_MESSAGE, WRONG_MESSAGE
 from api.errors import InternalError, RateLimitExceeded, core_envelope, store_envelope, validation_error
 from core.errors import DomainError, InvalidInput, ManagerMismatch, RoleRequired, Unauthorized
-from core.users.security import InvalidToken
+from core.users.security import TokenExpired
 
 #: The request id shown in the core envelope's examples.
 EXAMPLE_REQUEST_ID = "8f2c1d0e6b7a4c3e9f1a2b3c4d5e6f70"
@@ -79,9 +79,9 @@ NEGATIVE_STOCK = Example(
 )
 MISSING_CREDENTIALS = Example("unauthorized", Unauthorized(MISSING_MESSAGE))
 WRONG_CREDENTIALS = Example("wrong_password", Unauthorized(WRONG_MESSAGE))
-EXPIRED_TOKEN = Example("invalid_token", InvalidToken("The access token has expired; log in again."))
-STAFF_REQUIRED = Example("forbidden", RoleRequired("manager or admin", "customer"))
-ADMIN_REQUIRED = Example("forbidden_admin", RoleRequired("admin", "manager"))
+EXPIRED_TOKEN = Example(TokenExpired.example_key(), TokenExpired.example())
+STAFF_REQUIRED = Example("forbidden", RoleRequired.staff("customer"))
+ADMIN_REQUIRED = Example("forbidden_admin", RoleRequired.admin("manager"))
 
 _AUTH_ERRORS: dict[Auth, tuple[Example, ...]] = {
     None: (),

@@ -12,6 +12,7 @@ and `example()` is the instance the OpenAPI document shows. How to add an error:
 
 from __future__ import annotations
 
+from decimal import Decimal
 from string import Formatter
 from typing import Any, ClassVar
 
@@ -240,7 +241,7 @@ class Forbidden(DomainError):
 
     @classmethod
     def example(cls) -> DomainError:
-        return RoleRequired("manager or admin", "customer")
+        return RoleRequired.staff("customer")
 
 
 class RoleRequired(Forbidden):
@@ -250,6 +251,20 @@ class RoleRequired(Forbidden):
 
     def __init__(self, roles: str, role: str) -> None:
         super().__init__(self.sentence(roles=roles), {"role": role}, params={"roles": roles, "role": role})
+
+    @classmethod
+    def staff(cls, role: str) -> RoleRequired:
+        """The 403 of `api.deps.require_staff`: a manager or an admin is needed, `role` is the caller's."""
+        return cls("manager or admin", role)
+
+    @classmethod
+    def admin(cls, role: str) -> RoleRequired:
+        """The 403 of `api.deps.require_admin`: an admin is needed, `role` is the caller's."""
+        return cls("admin", role)
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls.staff("customer")
 
 
 class RoleGrantForbidden(Forbidden):
@@ -265,6 +280,114 @@ class RoleGrantForbidden(Forbidden):
     @classmethod
     def example(cls) -> DomainError:
         return cls("manager")
+
+
+class RoleChangeForbidden(Forbidden):
+    """403: only an admin may change a user's role, their own included (CONTRACT.md, "Users and
+    authentication")."""
+
+    template = "Only an admin can change a user's role."
+    example_name = "forbidden_role_change"
+
+    def __init__(self, role: str) -> None:
+        super().__init__(self.sentence(), {"role": role}, params={"role": role})
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls("admin")
+
+
+class ManagerIdGrantForbidden(Forbidden):
+    """403: only an admin may bind (or unbind, `manager_id` None) a store `manager_id` to an account."""
+
+    template = "Only an admin can set a user's manager id."
+    example_name = "forbidden_manager_id"
+
+    def __init__(self, manager_id: str | None) -> None:
+        super().__init__(self.sentence(), {"manager_id": manager_id}, params={"manager_id": manager_id})
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls("mgr_123")
+
+
+class StoreRoleRequired(Forbidden):
+    """403 (store API with `STORE_REQUIRE_AUTH=true`): a customer, whose role may not use the store API."""
+
+    template = "The store API needs the manager or admin role."
+    example_name = "forbidden_role"
+
+    def __init__(self, role: str) -> None:
+        super().__init__(self.sentence(), {"role": role}, params={"role": role})
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls("customer")
+
+
+class ManagerUnbound(Forbidden):
+    """403 (store API with `STORE_REQUIRE_AUTH=true`): a manager whose account has no `manager_id`
+    bound; `details.bound_manager_id` is null."""
+
+    template = "Your account is not bound to a manager_id; an admin can bind one."
+    example_name = "forbidden_unbound"
+
+    def __init__(self, manager_id: str | None) -> None:
+        details = {"manager_id": manager_id, "bound_manager_id": None}
+        super().__init__(self.sentence(), details, params=dict(details))
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls("mgr_123")
+
+
+class ManagerRoleRequired(InvalidInput):
+    """400: a `manager_id` bound to a user whose role (after the change) is not `manager`."""
+
+    template = (
+        "A manager id can only be bound to a user with the role 'manager'; this user's role is '{role}'."
+    )
+    example_name = "manager_id_needs_manager"
+
+    def __init__(self, manager_id: str, role: str) -> None:
+        params = {"manager_id": manager_id, "role": role}
+        super().__init__(self.sentence(**params), dict(params), params=params)
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls("mgr_123", "customer")
+
+
+class UnknownOrderStatus(InvalidInput):
+    """400: a `status` filter that names no order status (`allowed` lists them, comma-separated)."""
+
+    template = "Order status must be one of: {allowed}."
+    example_name = "unknown_status"
+
+    def __init__(self, value: object, allowed: str) -> None:
+        super().__init__(
+            self.sentence(allowed=allowed), {"status": value}, params={"status": value, "allowed": allowed}
+        )
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls("shipped", "pending, confirmed, completed, rejected, cancelled, failed")
+
+
+class OrderTotalTooLarge(InvalidInput):
+    """400: an order whose total exceeds the largest accepted total (`orders.total_price
+    NUMERIC(14, 2)`); both amounts are strings with two decimals."""
+
+    template = "The order total {total_price} exceeds the largest accepted total {max_total_price}."
+    example_name = "total_too_large"
+
+    def __init__(self, total_price: Decimal, max_total_price: Decimal) -> None:
+        params = {"total_price": f"{total_price:.2f}", "max_total_price": str(max_total_price)}
+        super().__init__(self.sentence(**params), dict(params), params=params)
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls(Decimal("1000000000000.00"), Decimal("999999999999.99"))
 
 
 class Conflict(DomainError):
@@ -291,6 +414,21 @@ class IdempotencyKeyReused(Conflict):
         return cls("abc")
 
 
+class ManagerIdTaken(Conflict):
+    """409: a `manager_id` that is bound to another user already (one id, one account)."""
+
+    template = "The manager id '{manager_id}' is already bound to another user."
+    example_name = "manager_id_taken"
+
+    def __init__(self, manager_id: str | None) -> None:
+        params = {"manager_id": manager_id}
+        super().__init__(self.sentence(**params), dict(params), params=params)
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls("mgr_123")
+
+
 class UsernameTaken(Conflict):
     template = "The username '{username}' is already taken."
     example_name = "username_taken"
@@ -314,6 +452,29 @@ class LastAdmin(Conflict):
     @classmethod
     def example(cls) -> DomainError:
         return cls(1)
+
+
+class ProcessingFailed(DomainError):
+    """An order that `failed` (a transient database fault outlived the worker's retries, or processing
+    raised a bug; no stock is held). Never raised: it is only stored on the order (`to_dict()`), and the
+    store API answers it as 500 `INTERNAL_ERROR` (`api.errors.rejection_response`). `reason` is the
+    exception's class name (`OperationalError`)."""
+
+    status = 500
+    code = "PROCESSING_FAILED"
+    title = "Processing failed"
+    template = (
+        "The order could not be processed because of a technical fault; no stock was reserved. "
+        "Please place it again."
+    )
+    example_name = "failed"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(self.sentence(), {"reason": reason}, params={"reason": reason})
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls("OperationalError")
 
 
 # --- the store API's own refusals (CONTRACT.md, "Store API"; fields named as the store names them) ---

@@ -50,9 +50,11 @@ from core.errors import (
     InsufficientStock,
     InvalidInput,
     ManagerMismatch,
+    ManagerUnbound,
     OrderNotFound,
     ProductDiscontinued,
     ProductNotFound,
+    StoreRoleRequired,
     Unauthorized,
 )
 from core.events import Watch
@@ -108,14 +110,11 @@ async def authorize_manager(session: SessionDep, caller: Principal | None, manag
     if caller is None or caller.role == Role.ADMIN:
         return
     if caller.role != Role.MANAGER:
-        raise Forbidden("The store API needs the manager or admin role.", {"role": caller.role.value})
+        raise StoreRoleRequired(caller.role.value)
     bound = await session.run_sync(users_service.manager_binding, caller.id)
     if bound is None or bound != manager_id:
         if bound is None:
-            raise Forbidden(
-                "Your account is not bound to a manager_id; an admin can bind one.",
-                {"manager_id": manager_id, "bound_manager_id": bound},
-            )
+            raise ManagerUnbound(manager_id)
         raise ManagerMismatch(manager_id, bound)
 
 

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
 from core.db import statement_pool, utcnow
-from core.errors import Conflict, InvalidInput
+from core.errors import IdempotencyKeyReused, InvalidInput
 from core.inventory import unorderable
 from core.orders import service
 from core.orders.states import INITIAL_STATUS
@@ -250,11 +250,9 @@ def _fingerprint(request: OrderRequest) -> str:
 async def _replay(
     session: AsyncSession, request: OrderRequest, order_id: int | None, stored: str, fingerprint: str | None
 ) -> Intake:
+    assert request.idempotency_key is not None  # a prior row is only found for a key
     if order_id is None or stored != fingerprint:
-        raise Conflict(
-            f"The idempotency key '{request.idempotency_key}' was already used with a different request.",
-            {"idempotency_key": request.idempotency_key},
-        )
+        raise IdempotencyKeyReused(request.idempotency_key)
     order = await session.run_sync(service.get_order, order_id)
     return Intake(order, replayed=True)
 

@@ -30,7 +30,15 @@ from core import inventory
 from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
 from core.db import utcnow
-from core.errors import Conflict, InvalidInput, InvalidStatus, OrderNotFound
+from core.errors import (
+    IdempotencyKeyReused,
+    InvalidInput,
+    InvalidStatus,
+    OrderNotFound,
+    OrderTotalTooLarge,
+    ProcessingFailed,
+    UnknownOrderStatus,
+)
 from core.events import OrderOutcome
 from core.orders import repository as repo
 from core.orders import reservation
@@ -133,19 +141,13 @@ def place_order(
 
 def total_too_large(total: Decimal) -> InvalidInput:
     """The 400 for an order whose total exceeds MAX_ORDER_TOTAL (`orders.total_price NUMERIC(14, 2)`)."""
-    return InvalidInput(
-        f"The order total {total:.2f} exceeds the largest accepted total {MAX_ORDER_TOTAL}.",
-        {"total_price": f"{total:.2f}", "max_total_price": str(MAX_ORDER_TOTAL)},
-    )
+    return OrderTotalTooLarge(total, MAX_ORDER_TOTAL)
 
 
 def _replay(session: Session, idempotency: IdempotencyRequest, fingerprint: str) -> PlacedOrder:
     record = repo.get_idempotency_key(session, idempotency.scope, idempotency.key)
     if record is None or record.request_hash != fingerprint or record.order_id is None:
-        raise Conflict(
-            f"The idempotency key '{idempotency.key}' was already used with a different request.",
-            {"idempotency_key": idempotency.key},
-        )
+        raise IdempotencyKeyReused(idempotency.key)
     return PlacedOrder(order=get_order(session, record.order_id), replayed=True)
 
 
@@ -197,13 +199,7 @@ def mark_failed(session: Session, order_id: int, reason: str) -> str | None:
     if can_move(order.status, OrderStatus.FAILED):
         now = utcnow()
         transition(order, OrderStatus.FAILED, at=now)
-        order.error = {
-            "code": "PROCESSING_FAILED",
-            "error": "Processing failed",
-            "message": "The order could not be processed because of a technical fault; "
-            "no stock was reserved. Please place it again.",
-            "details": {"reason": reason},
-        }
+        order.error = ProcessingFailed(reason).to_dict()
         order.processed_at = now
         session.flush()
         _announce(session, order)
@@ -216,7 +212,7 @@ def parse_status(value: object) -> OrderStatus:
         return OrderStatus(str(value).strip().lower())
     except ValueError:
         allowed = ", ".join(s.value for s in OrderStatus)
-        raise InvalidInput(f"Order status must be one of: {allowed}.", {"status": value}) from None
+        raise UnknownOrderStatus(value, allowed) from None
 
 
 def set_status(session: Session, order_id: int, value: object, *, actor: str | None = None) -> Order:

@@ -84,6 +84,53 @@ class InvalidToken(Unauthorized):
     challenge = 'Bearer error="invalid_token"'
 
 
+class _FixedTokenError(InvalidToken):
+    """An `InvalidToken` whose sentence is its class's `template`."""
+
+    def __init__(self) -> None:
+        super().__init__(self.sentence())
+
+    @classmethod
+    def example(cls) -> InvalidToken:
+        return cls()
+
+
+class TokenExpired(_FixedTokenError):
+    """Signed with this key, but `exp` has passed (RFC 7519, section 4.1.4)."""
+
+    template = "The access token has expired; log in again."
+    example_name = "invalid_token"
+
+
+class MalformedToken(_FixedTokenError):
+    """Not a JWT, tampered, signed with another key or algorithm, or a claim missing or of the wrong
+    shape."""
+
+    template = "The access token is invalid."
+    example_name = "malformed_token"
+
+
+class TokenSubjectInvalid(_FixedTokenError):
+    """Validly signed, but `sub` is not a positive int64 written in decimal digits."""
+
+    template = "The access token is invalid: its subject is not a user id."
+    example_name = "token_subject_invalid"
+
+
+class TokenUserGone(_FixedTokenError):
+    """Validly signed, but its user no longer exists."""
+
+    template = "The user of this access token no longer exists."
+    example_name = "token_user_gone"
+
+
+class TokenPasswordChanged(_FixedTokenError):
+    """Validly signed, but its user changed their password after the token's `iat`."""
+
+    template = "The password was changed after this access token was issued; log in again."
+    example_name = "token_password_changed"
+
+
 # --- passwords -----------------------------------------------------------------------------------
 
 
@@ -246,12 +293,12 @@ def verify_token(token: str, secret: str) -> AccessToken:
             token, secret, algorithms=[JWT_ALGORITHM], options={"require": _REQUIRED_CLAIMS}
         )
     except jwt.ExpiredSignatureError as exc:
-        raise InvalidToken("The access token has expired; log in again.") from exc
+        raise TokenExpired() from exc
     except jwt.PyJWTError as exc:
-        raise InvalidToken("The access token is invalid.") from exc
+        raise MalformedToken() from exc
     subject = claims["sub"]
     if not isinstance(subject, str) or not _SUBJECT.fullmatch(subject) or int(subject) > INT64_MAX:
-        raise InvalidToken("The access token is invalid: its subject is not a user id.")
+        raise TokenSubjectInvalid()
     try:
         return AccessToken(
             user_id=int(subject),
@@ -261,7 +308,7 @@ def verify_token(token: str, secret: str) -> AccessToken:
             expires_at=float(claims["exp"]),
         )
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
-        raise InvalidToken("The access token is invalid.") from exc
+        raise MalformedToken() from exc
 
 
 def principal_of_token(issued_at: float, account: Account | None) -> Principal:
@@ -273,9 +320,9 @@ def principal_of_token(issued_at: float, account: Account | None) -> Principal:
     a valid login whose powers are those of the new role (CONTRACT.md, "Users and authentication":
     a role or password change ends the powers of tokens issued before it)."""
     if account is None:
-        raise InvalidToken("The user of this access token no longer exists.")
+        raise TokenUserGone()
     if issued_at < account.password_changed_at:
-        raise InvalidToken("The password was changed after this access token was issued; log in again.")
+        raise TokenPasswordChanged()
     return Principal(
         id=account.id,
         username=account.username,

@@ -26,7 +26,16 @@ from sqlalchemy.orm import Session
 
 from core.config import Settings
 from core.db import utcnow
-from core.errors import Conflict, Forbidden, InvalidInput, UserNotFound
+from core.errors import (
+    LastAdmin,
+    ManagerIdGrantForbidden,
+    ManagerIdTaken,
+    ManagerRoleRequired,
+    RoleChangeForbidden,
+    RoleGrantForbidden,
+    UsernameTaken,
+    UserNotFound,
+)
 from core.uow import effects_of
 from core.users import repository as repo
 from core.users.models import Role, User
@@ -66,9 +75,7 @@ def check_may_grant(role: Role, actor: Principal | None, *, manager_id: str | No
     `manager_id` is given, bind it (admins only); `InvalidInput` when `manager_id` is given for a
     role other than `manager`."""
     if role != Role.CUSTOMER and (actor is None or not actor.is_admin):
-        raise Forbidden(
-            f"Only an admin can create a user with the role '{role.value}'.", {"role": role.value}
-        )
+        raise RoleGrantForbidden(role.value)
     if manager_id is not None:
         _check_may_bind(actor, manager_id)
         _check_bindable(role.value, manager_id)
@@ -76,23 +83,17 @@ def check_may_grant(role: Role, actor: Principal | None, *, manager_id: str | No
 
 def _check_may_bind(actor: Principal | None, manager_id: str | None) -> None:
     if actor is None or not actor.is_admin:
-        raise Forbidden("Only an admin can set a user's manager id.", {"manager_id": manager_id})
+        raise ManagerIdGrantForbidden(manager_id)
 
 
 def _check_bindable(role: str, manager_id: str) -> None:
     if role != Role.MANAGER.value:
-        raise InvalidInput(
-            f"A manager id can only be bound to a user with the role 'manager'; this user's role "
-            f"is '{role}'.",
-            {"manager_id": manager_id, "role": role},
-        )
+        raise ManagerRoleRequired(manager_id, role)
 
 
 def _bind(session: Session, user_id: int, manager_id: str | None) -> None:
     if not repo.set_manager_id(session, user_id, manager_id):
-        raise Conflict(
-            f"The manager id '{manager_id}' is already bound to another user.", {"manager_id": manager_id}
-        )
+        raise ManagerIdTaken(manager_id)
 
 
 def register_user(
@@ -110,7 +111,7 @@ def register_user(
     check_may_grant(role, actor, manager_id=manager_id)
     user_id = repo.insert_if_absent(session, username, password_hash, role)
     if user_id is None:
-        raise Conflict(f"The username '{username}' is already taken.", {"username": username})
+        raise UsernameTaken(username)
     if manager_id is not None:
         _bind(session, user_id, manager_id)
     user = repo.get(session, user_id)
@@ -150,7 +151,7 @@ def check_may_update(
     `manager`."""
     user = get_user(session, user_id, viewer=actor)
     if role is not None and not actor.is_admin:
-        raise Forbidden("Only an admin can change a user's role.", {"role": role.value})
+        raise RoleChangeForbidden(role.value)
     if manager_id is not KEEP:
         _check_may_bind(actor, manager_id)
         if manager_id is not None:
@@ -188,7 +189,7 @@ def change_user(
     # sees the first one's change (and the 409 when only one admin is left).
     admins = repo.lock_admins(session) if role is not None else []
     if role is not None and actor.id not in admins:  # demoted meanwhile (or a stale token)
-        raise Forbidden("Only an admin can change a user's role.", {"role": role.value})
+        raise RoleChangeForbidden(role.value)
     user = repo.lock(session, user_id)
     if user is None:
         raise UserNotFound(user_id)
@@ -200,7 +201,7 @@ def change_user(
         changed.append("password")
     if role is not None and role.value != user.role:
         if user.role == Role.ADMIN.value and admins == [user.id]:
-            raise Conflict("The last admin cannot lose the admin role.", {"user_id": user_id})
+            raise LastAdmin(user_id)
         values["role"] = role.value
         changed.append("role")
     new_role = role.value if role is not None else user.role
