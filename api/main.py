@@ -2,10 +2,10 @@
 
 `create_app()` wires the routes, the error envelope, the request context middleware and a lifespan
 that opens the async engine and the back-ends (`open_backends`): with `REDIS_URL`, the one async Redis
-client (`core.redisconn`) handed to the broker publisher, the after-commit effects, the listing cache
-and the readiness check, and the order event relay; on the embedded default (no `REDIS_URL`), their
-in-memory counterparts and the in-process worker. The back-ends are chosen here, once: no other
-module of the API asks whether Redis is configured.
+client (`core.redisconn`) handed to the broker publisher, the after-commit effects, the listing cache,
+the readiness check and the store rate limit (its connection pool), and the order event relay; on the
+embedded default (no `REDIS_URL`), their in-memory counterparts and the in-process worker. The
+back-ends are chosen here, once: no other module of the API asks whether Redis is configured.
 """
 
 from __future__ import annotations
@@ -91,9 +91,11 @@ async def ensure_first_admin(app: FastAPI, cfg: Settings) -> None:
 @dataclass
 class Backends:
     """The API's memory-or-Redis back-ends, chosen once (`open_backends`). `redis` is the one async
-    client (None on the embedded default); `effects` and `listing_cache` are the Redis or the memory
-    implementation of one interface each; `relay` (Redis only) wakes this process's waiters on the
-    events other processes publish, over `relay_client`."""
+    client (None on the embedded default; the store rate limit uses its connection pool, or its memory
+    storage when None); `effects` and `listing_cache` are the Redis or the memory implementation of one
+    interface each; `availability` (Redis only) is the skip window after a failed Redis step, shared by
+    the effects, the listing cache and the rate limit; `relay` (Redis only) wakes this process's
+    waiters on the events other processes publish, over `relay_client`."""
 
     redis: aioredis.Redis | None
     dispatcher: OrderDispatcher
@@ -101,6 +103,7 @@ class Backends:
     listing_cache: ListingCache | MemoryListingCache
     relay: OrderEventRelay | None = None
     relay_client: aioredis.Redis | None = None
+    availability: redisconn.Availability | None = None
 
     async def close(self) -> None:
         """Send what the dispatcher holds (at most 5 s), then stop the relay and close the clients."""
@@ -117,10 +120,11 @@ class Backends:
 def open_backends(cfg: Settings) -> Backends:
     """The back-ends for `cfg` (call on the event loop: the relay starts a task). With `REDIS_URL`:
     one async client (`core.redisconn.async_client`: socket timeouts, no retry of a timeout) shared by
-    the broker publisher, the effects and the listing cache, each of their waits bounded by its own
-    shorter setting (`BROKER_PUBLISH_TIMEOUT_SECONDS`, `REDIS_EFFECT_TIMEOUT_SECONDS`,
-    `REDIS_TIMEOUT_SECONDS`), and the order event relay. Without: Celery's `send_task` on the
-    in-memory broker, this process's listing cache and waiters."""
+    the broker publisher, the effects, the listing cache and the store rate limit (which takes it from
+    `app.state.redis`), each of their waits bounded by its own shorter setting
+    (`BROKER_PUBLISH_TIMEOUT_SECONDS`, `REDIS_EFFECT_TIMEOUT_SECONDS`, `REDIS_TIMEOUT_SECONDS`), and the
+    order event relay. Without: Celery's `send_task` on the in-memory broker, this process's listing
+    cache, waiters and rate limit counts."""
     window, max_batch = cfg.dispatch_window_seconds, cfg.dispatch_max_batch
     if cfg.redis_url is None:
         dispatcher = OrderDispatcher(enqueue_reserve_orders, window=window, max_batch=max_batch)
@@ -142,6 +146,7 @@ def open_backends(cfg: Settings) -> Backends:
         ListingCache(redis, cfg.store_cache_seconds, cfg.redis_timeout_seconds, availability),
         relay,
         relay_client,
+        availability,
     )
 
 
@@ -185,6 +190,7 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
         await ensure_first_admin(app, cfg)
         backends = open_backends(cfg)
         app.state.redis = backends.redis
+        app.state.redis_availability = backends.availability
         app.state.dispatcher = backends.dispatcher
         app.state.effects = backends.effects
         app.state.listing_cache = backends.listing_cache

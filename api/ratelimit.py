@@ -25,13 +25,14 @@ from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
+from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
 from api.errors import InternalError, PayloadTooLarge, RateLimitExceeded, is_store_path, send_error
 from api.middleware import header
 from core import redisconn
-from core.config import Settings, settings
+from core.config import Settings
 
 log = logging.getLogger("orderflow.ratelimit")
 
@@ -48,41 +49,26 @@ def limiter_key_prefix(cfg: Settings) -> str:
     return f"{cfg.redis_key_prefix}orderflow:ratelimit"
 
 
-def limits_storage_uri(redis_url: str) -> str:
-    """The `limits` asyncio storage URI of a redis-py URL: `redis://h:6379/0` ->
-    `async+redis://h:6379/0`, `rediss://` -> `async+rediss://`, `unix://` -> `async+redis+unix://`."""
-    scheme, sep, rest = redis_url.partition("://")
-    if not sep:
-        raise ValueError(f"REDIS_URL is not a URL: {redis_url!r}")
-    mapped = {"redis": "async+redis", "rediss": "async+rediss", "unix": "async+redis+unix"}.get(scheme)
-    if mapped is None:
-        raise ValueError(f"REDIS_URL has an unsupported scheme: {scheme!r}")
-    return f"{mapped}://{rest}"
+#: The `limits` storage URI of the Redis storage. `limits` requires one, but with a `connection_pool`
+#: it connects only through that pool (the lifespan's, `make_storage`); the URI names no server.
+POOLED_STORAGE_URI = "async+redis://"
 
 
-def redis_pool(redis_url: str, cfg: Settings = settings) -> aioredis.ConnectionPool:
-    """The limiter's Redis connections, with orderflow's socket timeouts and retry rule
-    (`core.redisconn.async_client_options`); each check is bounded by `REDIS_TIMEOUT_SECONDS` on
-    top of them."""
-    return aioredis.ConnectionPool.from_url(redis_url, **redisconn.async_client_options(cfg))
-
-
-def make_storage(cfg: Settings, pool: aioredis.ConnectionPool | None = None) -> Storage:
-    """The limiter's storage: Redis (shared by every API process) when `REDIS_URL` is set, else this
-    process's memory (the embedded default, which runs one API process). `pool` (default: a new
-    `redis_pool`) holds the Redis connections; its owner closes it."""
-    if cfg.redis_url is None:
+def make_storage(redis: aioredis.Redis | None, key_prefix: str) -> Storage:
+    """The limiter's storage on the back-end the API's lifespan chose (`api.main.open_backends`):
+    Redis (shared by every API process) over `redis`'s connection pool, the process's one pool, with
+    `core.redisconn`'s socket timeouts and retry rule; this process's memory when `redis` is None (the
+    embedded default, which runs one API process). The pool's owner, the lifespan, closes it."""
+    if redis is None:
         return MemoryStorage()
-    if pool is None:
-        pool = redis_pool(cfg.redis_url, cfg)
     return RedisStorage(
-        limits_storage_uri(cfg.redis_url),
+        POOLED_STORAGE_URI,
         implementation="redispy",
-        key_prefix=limiter_key_prefix(cfg),
+        key_prefix=key_prefix,
         wrap_exceptions=True,
         # limits passes `connection_pool` on to redis-py (its documented option) but types every
         # option as `float | str | bool`.
-        connection_pool=pool,  # type: ignore[arg-type]
+        connection_pool=redis.connection_pool,  # type: ignore[arg-type]
     )
 
 
@@ -150,32 +136,38 @@ class StoreRateLimitMiddleware:
     the request with the `manager_id` this middleware puts in `scope["state"]` and turns an exception
     that escaped the app into its log line (this middleware has already answered the 500 by then).
 
-    `cfg` (default: the process settings) gives `STORE_RATE_LIMIT`, `REDIS_URL` and
-    `REDIS_KEY_PREFIX`; the storage is made on the first request, in the serving event loop, and its
-    connections are closed at lifespan shutdown. Raises `ValueError` for a bad `STORE_RATE_LIMIT`.
+    `cfg` (the app's settings, given by `api.main.create_app`) gives `STORE_RATE_LIMIT`,
+    `STORE_REQUIRE_AUTH` and `REDIS_KEY_PREFIX`. Raises `ValueError` for a bad `STORE_RATE_LIMIT` when
+    the app builds its middleware (at lifespan start-up), so the process refuses to start. The storage
+    is chosen on the first request from what the lifespan left in `app.state` (`api.main.open_backends`):
+    `redis`, the one async client, whose connection pool the limiter shares (None: this process's
+    memory), and `redis_availability`, the skip window it shares with the listing cache and the
+    after-commit effects. A new lifespan with a new client is picked up by the next request.
     """
 
-    def __init__(self, app: ASGIApp, cfg: Settings = settings) -> None:
+    def __init__(self, app: ASGIApp, cfg: Settings) -> None:
         self.app = app
         self.cfg = cfg
         self.item: RateLimitItem = parse(cfg.store_rate_limit)
-        self._pool: aioredis.ConnectionPool | None = None
+        self._redis: aioredis.Redis | None = None
         self._limiter: MovingWindowRateLimiter | None = None
-        self._availability = redisconn.availability(cfg.redis_url) if cfg.redis_url else None
+        self._availability: redisconn.Availability | None = None
         self._last_warning = -math.inf
 
-    @property
-    def limiter(self) -> MovingWindowRateLimiter:
-        if self._limiter is None:
-            self._pool = redis_pool(self.cfg.redis_url, self.cfg) if self.cfg.redis_url else None
-            self._limiter = MovingWindowRateLimiter(make_storage(self.cfg, self._pool))
+    def limiter_for(self, state: State) -> MovingWindowRateLimiter:
+        """The limiter on the back-end in `state` (the app's, set by its lifespan), made on first use
+        and again when the lifespan's client changed."""
+        redis: aioredis.Redis | None = state.redis
+        if self._limiter is None or redis is not self._redis:
+            self._redis = redis
+            self._availability = state.redis_availability
+            self._limiter = MovingWindowRateLimiter(make_storage(redis, limiter_key_prefix(self.cfg)))
         return self._limiter
 
     async def aclose(self) -> None:
-        """Close the limiter's Redis connections (a no-op before the first request)."""
-        pool, self._pool, self._limiter = self._pool, None, None
-        if pool is not None:
-            await pool.disconnect()
+        """Forget the storage (at lifespan shutdown). The connection pool is the lifespan's: it
+        closes it, not the limiter."""
+        self._redis = self._limiter = self._availability = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -207,7 +199,7 @@ class StoreRateLimitMiddleware:
             key = f"manager:{manager_id}"
         else:
             key = f"client:{(scope.get('client') or ('-',))[0]}"
-        decision = await self.decide(key)
+        decision = await self.decide(scope["app"].state, key)
         extra = decision.headers() if decision is not None else []
 
         if decision is not None and not decision.allowed:
@@ -248,15 +240,16 @@ class StoreRateLimitMiddleware:
                 await send_error(send_with_headers, scope["path"], InternalError())
             raise
 
-    async def decide(self, key: str) -> Decision | None:
-        """Count one request for `key`; None when the storage is unreachable, did not answer within
-        `REDIS_TIMEOUT_SECONDS`, or is being skipped after such a failure (fail open)."""
+    async def decide(self, state: State, key: str) -> Decision | None:
+        """Count one request for `key` on the back-end in `state` (the app's); None when the storage
+        is unreachable, did not answer within `REDIS_TIMEOUT_SECONDS`, or is being skipped after such a
+        failure (fail open)."""
         now = time.monotonic()
+        limiter = self.limiter_for(state)
         if self._availability is not None and self._availability.skipping:
             metrics.store_rate_limit_unavailable.inc()
             return None
         try:
-            limiter = self.limiter
             async with asyncio.timeout(self.cfg.redis_timeout_seconds):
                 allowed = await limiter.hit(self.item, key)
                 stats = await limiter.get_window_stats(self.item, key)

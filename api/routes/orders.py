@@ -26,7 +26,6 @@ from api.outcomes import (
     settling,
 )
 from api.pagination import set_page_headers
-from core.config import settings
 from core.errors import (
     Conflict,
     InsufficientStock,
@@ -114,7 +113,7 @@ async def create_order(
     then 201 with the settled order (`confirmed` or `rejected`), `Location` and
     `Preference-Applied: wait=N` when it settles within N seconds, else the 202. Idempotency keys
     are per user: the same key from two users makes two orders."""
-    wait = preferred_wait(prefer, settings.order_max_wait_seconds)
+    wait = preferred_wait(prefer, request.app.state.settings.order_max_wait_seconds)
     intake = await submit_order(
         session,
         OrderRequest(
@@ -183,7 +182,7 @@ async def get_order(
     order = OrderRead.of(await session.run_sync(service.get_order, order_id, user_id=owner))
     if watch is None or order.status != OrderStatus.PENDING:
         return _order_response(order)
-    wait = min(wait, settings.order_max_wait_seconds)
+    wait = min(wait, request.app.state.settings.order_max_wait_seconds)
     return _settling(request, watch, order, wait, owner, _order_response)
 
 

@@ -1,8 +1,8 @@
 """The store API's rate limit (CONTRACT.md, "Store API"; api/ratelimit.py): the RateLimit headers on
 every `/api/` response, 429 `RATE_LIMIT_EXCEEDED` with `Retry-After`, the key (manager id from the
 query or the JSON body, else the client address), the 1 MiB body cap, the settings check, the
-embedded default's memory storage, fail open when Redis is down, and one budget shared by two real
-API processes through Redis.
+embedded default's memory storage, the Redis storage on the lifespan's one connection pool, fail open
+when Redis is down, and one budget shared by two real API processes through Redis.
 
 Most tests use an app whose limit is 5 per minute (`STORE_RATE_LIMIT` injected through the settings)
 with three probe routes under `/api/_probe/` that answer 200, 400 and 500 whatever the store routes do.
@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -27,16 +28,19 @@ import redis
 from fastapi import FastAPI, Request
 from limits.aio.storage import MemoryStorage, RedisStorage
 from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Mount
 
 from api import metrics
 from api.main import create_app
 from api.ratelimit import (
     MAX_BODY_BYTES,
     StoreRateLimitMiddleware,
-    limits_storage_uri,
     make_storage,
     manager_id_of,
 )
+from core import redisconn
 from core.config import Settings, settings
 from tests.conftest import LOG_DIR
 
@@ -64,7 +68,7 @@ def add_probe_routes(app: FastAPI) -> None:
         raise RuntimeError("a bug in a store route")
 
 
-def find_limiter(app: FastAPI) -> StoreRateLimitMiddleware:
+def find_limiter(app: Starlette) -> StoreRateLimitMiddleware:
     """The app's rate limit middleware instance (the stack is built on the first request)."""
     node = app.middleware_stack
     while node is not None and not isinstance(node, StoreRateLimitMiddleware):
@@ -305,28 +309,16 @@ def test_a_bad_store_rate_limit_stops_the_api_process():
     assert b"STORE_RATE_LIMIT must be one rate limit" in done.stderr
 
 
-@pytest.mark.parametrize(
-    ("url", "uri"),
-    [
-        ("redis://127.0.0.1:6379/15", "async+redis://127.0.0.1:6379/15"),
-        ("rediss://user:pw@cache:6380/0", "async+rediss://user:pw@cache:6380/0"),
-        ("unix:///run/redis.sock?db=2", "async+redis+unix:///run/redis.sock?db=2"),
-    ],
-)
-def test_limits_storage_uri(url, uri):
-    assert limits_storage_uri(url) == uri
-
-
-def test_limits_storage_uri_refuses_other_schemes():
-    with pytest.raises(ValueError, match="unsupported scheme"):
-        limits_storage_uri("http://127.0.0.1:6379")
-
-
-def test_the_embedded_default_counts_in_memory():
-    embedded = settings.model_copy(update={"redis_url": None, "database_url": None})
-    assert embedded.embedded
-    assert isinstance(make_storage(embedded), MemoryStorage)
-    assert isinstance(make_storage(settings), RedisStorage)
+async def test_the_storage_is_the_one_the_lifespan_chose():
+    """No Redis client (the embedded default): memory; a client: Redis over that client's pool."""
+    assert isinstance(make_storage(None, "test:ratelimit"), MemoryStorage)
+    client = redisconn.async_client(settings)
+    try:
+        storage = make_storage(client, "test:ratelimit")
+        assert isinstance(storage, RedisStorage)
+        assert storage.bridge.storage.connection_pool is client.connection_pool
+    finally:
+        await client.aclose()
 
 
 async def echo_app(scope, receive, send) -> None:
@@ -349,15 +341,27 @@ async def echo_app(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": body.encode()})
 
 
+def bare_app(cfg: Settings, redis: object, availability: redisconn.Availability | None = None) -> Starlette:
+    """`echo_app` behind the limiter, in an app whose state holds what the lifespan would have
+    chosen (`api.main.open_backends`): the Redis client, or None for the embedded default."""
+    application = Starlette(
+        routes=[Mount("/", app=echo_app)], middleware=[Middleware(StoreRateLimitMiddleware, cfg=cfg)]
+    )
+    application.state.redis = redis
+    application.state.redis_availability = availability
+    return application
+
+
 async def test_the_memory_storage_enforces_the_limit():
     embedded = settings.model_copy(
         update={"redis_url": None, "database_url": None, "store_rate_limit": "2/minute"}
     )
-    limiter = StoreRateLimitMiddleware(echo_app, cfg=embedded)
-    async with client_for(limiter) as c:
+    application = bare_app(embedded, None)
+    async with client_for(application) as c:
         statuses = [(await c.get("/api/x", params={"manager_id": "mgr_mem"})).status_code for _ in range(3)]
         assert statuses == [200, 200, 429]
-    assert isinstance(limiter.limiter.storage, MemoryStorage)
+    limiter = find_limiter(application)
+    assert limiter._limiter is not None and isinstance(limiter._limiter.storage, MemoryStorage)
 
 
 async def test_redis_keys_carry_the_orderflow_prefix(store):
@@ -370,23 +374,43 @@ async def test_redis_keys_carry_the_orderflow_prefix(store):
     ]
 
 
-async def test_the_redis_connections_close_at_shutdown():
-    limiter = StoreRateLimitMiddleware(echo_app, cfg=settings)
-    async with client_for(limiter) as c:
-        assert (await c.get("/api/x")).status_code == 200
-    assert limiter._pool is not None
-    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
-    sent = []
+@asynccontextmanager
+async def lifespan_through_the_middleware(application: FastAPI) -> AsyncIterator[None]:
+    """Run the app's lifespan over the ASGI protocol, as a server does (through the middleware)."""
+    inbox: asyncio.Queue[dict] = asyncio.Queue()
+    outbox: asyncio.Queue[dict] = asyncio.Queue()
+    task = asyncio.create_task(application({"type": "lifespan", "state": {}}, inbox.get, outbox.put))
+    await inbox.put({"type": "lifespan.startup"})
+    assert (await outbox.get())["type"] == "lifespan.startup.complete"
+    try:
+        yield
+    finally:
+        await inbox.put({"type": "lifespan.shutdown"})
+        assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
+        await task
 
-    async def receive():
-        return next(messages)
 
-    async def send(message):
-        sent.append(message["type"])
-
-    await limiter({"type": "lifespan"}, receive, send)
-    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
-    assert limiter._pool is None
+async def test_the_limiter_counts_on_the_lifespans_client_and_leaves_it_to_the_lifespan():
+    """One Redis pool per process: the limiter counts over the connection pool of the lifespan's
+    client and shares its skip window; a second lifespan's new client is picked up; at shutdown the
+    limiter forgets the storage and the lifespan closes the pool."""
+    cfg = settings.model_copy(update={"store_rate_limit": f"{LIMIT}/minute"})
+    application = create_app(cfg, start_embedded_worker=False)
+    pools = []
+    for _ in range(2):
+        async with lifespan_through_the_middleware(application):
+            async with client_for(application) as c:
+                response = await c.get(PRODUCTS, params={"manager_id": new_manager()})
+            assert rate_headers(response)[:2] == (LIMIT, LIMIT - 1)
+            limiter = find_limiter(application)
+            assert limiter._limiter is not None
+            pool = application.state.redis.connection_pool
+            assert limiter._limiter.storage.bridge.storage.connection_pool is pool
+            assert limiter._availability is application.state.redis_availability
+            assert limiter._availability is application.state.listing_cache._availability
+            pools.append(pool)
+        assert limiter._limiter is None
+    assert pools[0] is not pools[1]
 
 
 # --- Redis down: fail open ------------------------------------------------------------------------------
@@ -394,13 +418,16 @@ async def test_the_redis_connections_close_at_shutdown():
 
 async def test_redis_down_serves_the_request_without_the_limit(caplog):
     down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0", "store_rate_limit": "1/minute"})
-    limiter = StoreRateLimitMiddleware(echo_app, cfg=down)
+    unreachable = redisconn.async_client(down)
+    availability = redisconn.Availability()
+    application = bare_app(down, unreachable, availability)
     before = metrics.store_rate_limit_unavailable._value.get()
     with caplog.at_level(logging.WARNING, logger="orderflow.ratelimit"):
-        async with client_for(limiter) as c:
+        async with client_for(application) as c:
             first = await c.post("/api/x", json={"manager_id": "mgr_down", "n": 1})
             second = await c.post("/api/x", json={"manager_id": "mgr_down", "n": 2})  # within the 1 s pause
-            limiter._availability.reset()  # the pause is over: Redis is tried again, still down
+            assert availability.skipping
+            availability.reset()  # the pause is over: Redis is tried again, still down
             third = await c.post("/api/x", json={"manager_id": "mgr_down", "n": 3})
     for response in (first, second, third):
         assert response.status_code == 200
@@ -410,7 +437,7 @@ async def test_redis_down_serves_the_request_without_the_limit(caplog):
     warnings = [r for r in caplog.records if r.name == "orderflow.ratelimit"]
     assert len(warnings) == 1  # at most one per 30 s
     assert "fail open" in warnings[0].getMessage()
-    await limiter.aclose()
+    await unreachable.aclose()
 
 
 # --- two API processes share one budget --------------------------------------------------------------
