@@ -16,7 +16,7 @@ from core.errors import RoleRequired, Unauthorized
 from core.types import MAX_ID, DecimalDigits
 from core.uow import take_effects
 from core.users import service as users_service
-from core.users.security import InvalidToken, Principal
+from core.users.security import Principal, TokenUserGone
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 F = TypeVar("F", bound=Any)
@@ -118,7 +118,7 @@ async def optional_current_role(
         return principal
     fresh = await session.run_sync(users_service.current_principal, principal)
     if fresh is None:
-        raise InvalidToken("The user of this access token no longer exists.")
+        raise TokenUserGone()
     return fresh
 
 

@@ -18,7 +18,17 @@ from api.openapi import WRONG_CREDENTIALS, Example, responses
 from api.pagination import set_page_headers
 from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
-from core.errors import Forbidden, LastAdmin, RoleGrantForbidden, Unauthorized, UsernameTaken, UserNotFound
+from core.errors import (
+    LastAdmin,
+    ManagerIdGrantForbidden,
+    ManagerIdTaken,
+    ManagerRoleRequired,
+    RoleChangeForbidden,
+    RoleGrantForbidden,
+    Unauthorized,
+    UsernameTaken,
+    UserNotFound,
+)
 from core.types import MAX_ID, DecimalDigits
 from core.users import service
 from core.users.models import Role, User
@@ -42,7 +52,9 @@ def _auth(request: Request) -> Authenticator:
     "/users",
     status_code=status.HTTP_201_CREATED,
     response_model=UserRead,
-    responses=responses(RoleGrantForbidden, UsernameTaken),
+    responses=responses(
+        RoleGrantForbidden, ManagerIdGrantForbidden, ManagerRoleRequired, UsernameTaken, ManagerIdTaken
+    ),
     summary="Register a user",
     # Credentials are optional here: none registers a customer.
     openapi_extra={"security": [{}]},
@@ -108,7 +120,14 @@ async def get_user(user_id: UserId, session: SessionDep, viewer: UserNow) -> Use
 @router.patch(
     "/users/{user_id}",
     response_model=UserRead,
-    responses=responses(Forbidden, UserNotFound, LastAdmin),
+    responses=responses(
+        RoleChangeForbidden,
+        ManagerIdGrantForbidden,
+        ManagerRoleRequired,
+        UserNotFound,
+        LastAdmin,
+        ManagerIdTaken,
+    ),
     summary="Change a password, a role or a manager id binding",
 )
 async def update_user(
