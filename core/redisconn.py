@@ -4,9 +4,8 @@ requests (STYLE.md rule 2b). Nothing else builds a Redis client or pool:
 
 * `client()`: the process's shared synchronous client (workers, the CLI);
 * `async_client(cfg)`: the API's asyncio client, created once by the app's lifespan and handed to the
-  listing cache, the after-commit effects, the broker publisher and the readiness check;
-* `async_pool(cfg)`: an asyncio connection pool with the same options (for a library that takes a
-  pool, such as the rate limiter's `limits` storage);
+  listing cache, the after-commit effects, the broker publisher and the readiness check; the store
+  rate limit's `limits` storage counts over its connection pool;
 * `subscriber_client(cfg)`: the asyncio client of the order event relay's subscription, whose reads
   wait for the next message as long as it takes.
 
@@ -86,13 +85,6 @@ def async_client(cfg: Settings = settings) -> aioredis.Redis:
     publisher, readiness). Requires `REDIS_URL`; the caller closes it (`await client.aclose()`)."""
     assert cfg.redis_url is not None
     return aioredis.Redis.from_url(cfg.redis_url, **async_client_options(cfg))
-
-
-def async_pool(cfg: Settings = settings) -> aioredis.ConnectionPool:
-    """A new asyncio connection pool of `cfg.redis_url` with `async_client_options`. Requires
-    `REDIS_URL`; the caller disconnects it (`await pool.aclose()`)."""
-    assert cfg.redis_url is not None
-    return aioredis.ConnectionPool.from_url(cfg.redis_url, **async_client_options(cfg))
 
 
 def subscriber_client(cfg: Settings = settings) -> aioredis.Redis:
