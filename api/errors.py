@@ -84,6 +84,10 @@ class MalformedRequest(InvalidInput):
     def __init__(self) -> None:
         super().__init__(self.sentence())
 
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls()
+
 
 class MethodNotAllowed(DomainError):
     """405, with `Allow` (RFC 9110, section 15.5.6)."""
@@ -95,6 +99,10 @@ class MethodNotAllowed(DomainError):
 
     def __init__(self) -> None:
         super().__init__(self.sentence())
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls()
 
 
 class PayloadTooLarge(DomainError):
@@ -113,6 +121,10 @@ class PayloadTooLarge(DomainError):
                 {"max_bytes": max_bytes},
             )
 
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls(1048576)
+
 
 class UnsupportedMediaType(DomainError):
     status = 415
@@ -122,6 +134,10 @@ class UnsupportedMediaType(DomainError):
 
     def __init__(self) -> None:
         super().__init__(self.sentence())
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls()
 
 
 class RateLimitExceeded(DomainError):

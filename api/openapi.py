@@ -19,7 +19,15 @@ from pydantic import BaseModel, Field
 
 from api.auth import MISSING_MESSAGE, WRONG_MESSAGE
 from api.errors import InternalError, RateLimitExceeded, core_envelope, store_envelope, validation_error
-from core.errors import DomainError, InvalidInput, ManagerMismatch, RoleRequired, Unauthorized
+from core.errors import (
+    DomainError,
+    InvalidInput,
+    ManagerMismatch,
+    ManagerUnbound,
+    RoleRequired,
+    StoreRoleRequired,
+    Unauthorized,
+)
 from core.users.security import TokenExpired
 
 #: The request id shown in the core envelope's examples.
@@ -231,6 +239,8 @@ STORE_INVALID_ORDER_ID = Example(
 _STORE_DEFAULTS = (
     Example("unauthorized", Unauthorized(MISSING_MESSAGE)),
     Example("forbidden", ManagerMismatch.example()),
+    Example(StoreRoleRequired.example_key(), StoreRoleRequired.example()),
+    Example(ManagerUnbound.example_key(), ManagerUnbound.example()),
     STORE_INVALID_REQUEST,
 )
 _STORE_ALWAYS = (
@@ -242,7 +252,7 @@ _STORE_ALWAYS = (
 _STORE_DESCRIPTIONS = {
     400: "Invalid request or a rejected order",
     401: "No or bad credentials (only with STORE_REQUIRE_AUTH=true)",
-    403: "Not this manager_id's account (only with STORE_REQUIRE_AUTH=true)",
+    403: "A customer, or not this manager_id's account (only with STORE_REQUIRE_AUTH=true)",
     404: "Not found",
     409: "Idempotency key reused with another body",
     429: "Rate limit exceeded (see Retry-After)",

@@ -3,6 +3,7 @@ request id on every response."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 
@@ -10,8 +11,16 @@ import httpx
 import pytest
 from sqlalchemy.exc import ProgrammingError
 
+from api.errors import public_value, rejection_response, store_envelope
 from api.main import create_app
 from core.config import settings
+from core.errors import (
+    InsufficientStock,
+    ProcessingFailed,
+    ProductDiscontinued,
+    ProductNameTaken,
+    ProductNotFound,
+)
 from tests.conftest import create_product
 
 ENVELOPE_KEYS = {"error", "message", "code", "details", "request_id"}
@@ -204,3 +213,105 @@ async def test_request_id_on_success_validation_and_not_found(client):
         await client.get("/nope", headers={"X-Request-ID": "r4"}),
     ):
         assert response.headers["x-request-id"] == response.request.headers["x-request-id"]
+
+
+# --- the store's rendering of ids and stored errors (api/errors.py) --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("product_id", 7, "prod_007"),
+        ("order_id", 7, "ord_007"),
+        ("product_id", 1234, "prod_1234"),
+        ("order_id", 2147483647, "ord_2147483647"),
+        ("product_id", "prod_007", "prod_007"),  # already public
+        ("product_id", True, True),  # a bool is not an id
+        ("product_id", None, None),
+        ("user_id", 7, 7),  # not a store id
+        ("available", 7, 7),
+    ],
+)
+def test_public_value_writes_store_ids_only(key, value, expected):
+    assert public_value(key, value) == expected
+
+
+def test_store_envelope_writes_ids_in_the_message_and_details():
+    error = ProductDiscontinued(2, "Product B")
+    assert store_envelope(error) == {
+        "error": {
+            "code": "PRODUCT_DISCONTINUED",
+            "message": "The product Product B (ID prod_002) is discontinued and cannot be ordered.",
+            "details": {"product_id": "prod_002"},
+        }
+    }
+    assert error.message == "The product Product B (ID 2) is discontinued and cannot be ordered."
+    named = ProductNameTaken("products[1].name", "mgr_123", "Product A", 1)
+    assert store_envelope(named)["error"]["message"] == (
+        "products[1].name: mgr_123 already has a product named 'Product A' (prod_001)."
+    )
+
+
+def _answer(response) -> tuple[int, dict]:
+    return response.status_code, json.loads(response.body)
+
+
+def test_rejection_response_answers_a_stored_rejection_with_public_ids():
+    stored = InsufficientStock(3, "Product C", 0, 1).to_dict()
+    assert _answer(rejection_response(stored, 4)) == (
+        400,
+        {
+            "error": {
+                "code": "INSUFFICIENT_STOCK",
+                "message": "There are only 0 units of Product C in stock, but you requested 1.",
+                "details": {"product_id": "prod_003", "available": 0, "requested": 1, "order_id": "ord_004"},
+            }
+        },
+    )
+
+
+def test_rejection_response_keeps_the_status_of_a_missing_product():
+    status, body = _answer(rejection_response(ProductNotFound(9).to_dict(), 12))
+    assert status == 404
+    assert body["error"]["message"] == "The product with ID prod_009 does not exist."
+    assert body["error"]["details"] == {"product_id": "prod_009", "order_id": "ord_012"}
+
+
+def test_rejection_response_writes_the_sentence_again_from_stored_params():
+    stored = ProductDiscontinued(2, "Product B").to_dict()
+    assert stored["params"] == {"name": "Product B"}
+    status, body = _answer(rejection_response(stored, 5))
+    assert status == 400
+    assert (
+        body["error"]["message"]
+        == "The product Product B (ID prod_002) is discontinued and cannot be ordered."
+    )
+
+
+def test_rejection_response_keeps_an_old_stored_message_it_cannot_write_again():
+    stored = ProductDiscontinued(2, "Product B").to_dict()
+    del stored["params"]  # stored before params existed: the name is unknown
+    _, body = _answer(rejection_response(stored, 5))
+    assert body["error"]["message"] == "The product Product B (ID 2) is discontinued and cannot be ordered."
+    assert body["error"]["details"]["product_id"] == "prod_002"
+
+
+def test_rejection_response_answers_a_failed_order_as_500():
+    stored = ProcessingFailed("OperationalError").to_dict()
+    assert stored == {
+        "code": "PROCESSING_FAILED",
+        "error": "Processing failed",
+        "message": "The order could not be processed because of a technical fault; no stock was reserved. "
+        "Please place it again.",
+        "details": {"reason": "OperationalError"},
+    }
+    assert _answer(rejection_response(stored, 7, failed=True)) == (
+        500,
+        {
+            "error": {
+                "code": "INTERNAL_ERROR",
+                "message": ProcessingFailed.template,
+                "details": {"reason": "OperationalError", "order_id": "ord_007"},
+            }
+        },
+    )
