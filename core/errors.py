@@ -358,6 +358,29 @@ class ManagerRoleRequired(InvalidInput):
         return cls("mgr_123", "customer")
 
 
+class StockLimitExceeded(InvalidInput):
+    """400: an increment that would take a product's stock past `max_stock` (the `products.stock`
+    column's bound); the stock is left unchanged."""
+
+    template = "Stock cannot exceed {max_stock} units: {name} has {stock} and you requested {requested} more."
+    example_name = "stock_limit"
+
+    def __init__(self, product_id: int, name: str, stock: int, requested: int, max_stock: int) -> None:
+        params = {
+            "product_id": product_id,
+            "name": name,
+            "stock": stock,
+            "requested": requested,
+            "max_stock": max_stock,
+        }
+        details = {"product_id": product_id, "stock": stock, "requested": requested}
+        super().__init__(self.sentence(**params), details, params=params)
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls(1, "Product A", 2147483000, 1000, 2147483647)
+
+
 class UnknownOrderStatus(InvalidInput):
     """400: a `status` filter that names no order status (`allowed` lists them, comma-separated)."""
 

@@ -22,7 +22,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from core.errors import DomainError, InsufficientStock, InvalidInput, ProductDiscontinued, ProductNotFound
+from core.errors import (
+    DomainError,
+    InsufficientStock,
+    ProductDiscontinued,
+    ProductNotFound,
+    StockLimitExceeded,
+)
 from core.inventory import repository as repo
 from core.products import cache
 from core.products import repository as products_repo
@@ -204,11 +210,7 @@ def increment(session: Session, product_id: int, quantity: int, actor: str | Non
     new_stock = repo.add_stock(session, product_id, quantity)
     if new_stock is None:
         product = _live_product(session, product_id)
-        raise InvalidInput(
-            f"Stock cannot exceed {MAX_STOCK} units: {product.name} has {product.stock} "
-            f"and you requested {quantity} more.",
-            {"product_id": product.id, "stock": product.stock, "requested": quantity},
-        )
+        raise StockLimitExceeded(product.id, product.name, product.stock, quantity, MAX_STOCK)
     repo.add_movement(
         session,
         product_id=product_id,

@@ -20,6 +20,7 @@ from core.errors import (
     ProductDiscontinued,
     ProductNameTaken,
     ProductNotFound,
+    StockLimitExceeded,
 )
 from tests.conftest import create_product
 
@@ -315,3 +316,13 @@ def test_rejection_response_answers_a_failed_order_as_500():
             }
         },
     )
+
+
+def test_stock_limit_sentence_is_unchanged():
+    error = StockLimitExceeded(3, "Product A", 2147483600, 100, 2147483647)
+    assert (
+        error.message
+        == "Stock cannot exceed 2147483647 units: Product A has 2147483600 and you requested 100 more."
+    )
+    assert error.details == {"product_id": 3, "stock": 2147483600, "requested": 100}
+    assert store_envelope(error)["error"]["details"]["product_id"] == "prod_003"
