@@ -142,12 +142,12 @@ async def update_user(
     bound."""
     auth = _auth(request)
     manager_id = body.manager_id if body.manager_id_given else service.KEEP
-    # Answer 404/403/400 before paying for a bcrypt hash, on a read session (autocommit on
-    # PostgreSQL): no transaction is held open while hashing.
-    async with request.app.state.read_sessionmaker() as check:
-        await check.run_sync(
-            lambda s: service.check_may_update(s, user_id, actor=actor, role=body.role, manager_id=manager_id)
-        )
+    # Answer 404/403/400 before paying for a bcrypt hash. (Not on a second session: on SQLite its
+    # BEGIN IMMEDIATE would wait for this request's own transaction.)
+    await session.run_sync(
+        lambda s: service.check_may_update(s, user_id, actor=actor, role=body.role, manager_id=manager_id)
+    )
+    await session.rollback()  # no transaction (nor SQLite's write lock) held open while hashing
     password_hash = await auth.hash_password(body.password) if body.password is not None else None
 
     def update(s: Session) -> User:
