@@ -39,7 +39,7 @@ class OrderDispatcher:
         self,
         send: Callable[[list[int]], bool] | Callable[[list[int]], Awaitable[bool]] = enqueue_reserve_orders,
         *,
-        window: float = 0.005,
+        window: float = 0.02,
         max_batch: int = 100,
         cooldown: float = 5.0,
     ) -> None:

@@ -72,8 +72,11 @@ class Settings(BaseSettings):
     order_sweep_interval_seconds: float = Field(default=10, gt=0)
     order_max_wait_seconds: float = Field(default=30, gt=0, description="Cap of ?wait=N on GET /orders/{id}")
 
+    # 20 ms: at half the peak rate a 5 ms window sent most orders as one-order tasks, and the
+    # workers' per-task cost queued them (submit->confirmed p99 177-273 ms against 42-60 ms with
+    # 20 ms, and 15-20% more CPU per order; docs/performance.md, "Dispatch window").
     dispatch_window_seconds: float = Field(
-        default=0.005,
+        default=0.02,
         ge=0,
         le=1,
         description="How long an API process gathers order ids into one reserve_orders task",
