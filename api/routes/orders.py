@@ -35,6 +35,7 @@ from core.errors import (
     OrderNotFound,
     ProductDiscontinued,
     ProductNotFound,
+    UnknownOrderStatus,
 )
 from core.events import OrderOutcome, Watch
 from core.orders import service
@@ -139,7 +140,7 @@ async def create_order(
     return _settling(request, watches.open(order.id), order, wait, owner, render, submitted=True)
 
 
-@router.get("", response_model=list[OrderRead], responses=responses(InvalidInput))
+@router.get("", response_model=list[OrderRead], responses=responses(InvalidInput, UnknownOrderStatus))
 async def list_orders(
     request: Request,
     response: Response,

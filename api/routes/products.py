@@ -12,7 +12,7 @@ from api.openapi import INVALID_INPUT, NEGATIVE_STOCK, responses
 from api.pagination import set_page_headers
 from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
-from core.errors import InsufficientStock, InvalidInput, ProductNotFound
+from core.errors import InsufficientStock, InvalidInput, ProductNotFound, StockLimitExceeded
 from core.products import service
 from core.products.schemas import (
     ProductCreate,
@@ -148,7 +148,7 @@ async def delete_product(product_id: ProductId, session: SessionDep, user: Staff
 @router.patch(
     "/increment/{product_id}",
     response_model=ProductRead,
-    responses=responses("staff", InvalidInput, ProductNotFound),
+    responses=responses("staff", InvalidInput, StockLimitExceeded, ProductNotFound),
 )
 async def increment_stock(
     product_id: ProductId, body: StockChange, session: SessionDep, user: StaffUser
