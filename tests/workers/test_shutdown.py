@@ -124,7 +124,11 @@ def test_a_running_worker_keeps_its_heartbeat_file_fresh_and_the_healthcheck_rea
         took = time.monotonic() - started
         assert ran.returncode == 0, ran.stderr
         assert took < 2, f"the healthcheck took {took:.2f} s"
-        time.sleep(HEARTBEAT_INTERVAL_SECONDS + 1.5)
+        # Celery's heart sends every 2 s and the file takes at most one beat per interval, so the next
+        # touch lands within interval + 2 s of the last one; allow a loaded machine 3 s more.
+        deadline = time.monotonic() + HEARTBEAT_INTERVAL_SECONDS + 2 + 3
+        while heartbeat.stat().st_mtime <= first and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert heartbeat.stat().st_mtime > first, "the worker did not touch its heartbeat file again"
         os.utime(heartbeat, (time.time() - 60, time.time() - 60))  # as if the loop had hung for 60 s
         assert subprocess.run(check, env=env, capture_output=True, check=False).returncode != 0
