@@ -17,8 +17,10 @@ Every protected route depends on `current_principal`, which reads the `Authoriza
   password change or a deletion every older token is a 401 in every process, and a role change has
   taken effect; the process that made the change forgets its entry at once.
 
-Failures raise `Unauthorized` (`WWW-Authenticate: Basic realm="orderflow"`) or, for a bad token,
-`InvalidToken` (`WWW-Authenticate: Bearer error="invalid_token"`). The two security schemes are
+Failures raise an `Unauthorized` class of `core.errors` (`WrongCredentials`, `MalformedCredentials`,
+`UnsupportedScheme`; `WWW-Authenticate: Basic realm="orderflow"`) or, for a bad token, `InvalidToken`
+or `EmptyBearerToken` (`WWW-Authenticate: Bearer error="invalid_token"`); each sentence is its class's
+template. The two security schemes are
 declared in the OpenAPI document, so Swagger UI's Authorize button offers both.
 """
 
@@ -43,14 +45,19 @@ from fastapi.security.http import HTTPBase
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import Settings
-from core.errors import Unauthorized
+from core.errors import (
+    CredentialsRequired,
+    EmptyBearerToken,
+    MalformedCredentials,
+    UnsupportedScheme,
+    WrongCredentials,
+)
 from core.users import service
 from core.users.security import (
     AccessToken,
     AccountCache,
     AccountRead,
     CredentialCache,
-    InvalidToken,
     PasswordChecker,
     Principal,
     hash_cost,
@@ -82,9 +89,9 @@ bearer_scheme = HTTPBearer(
     auto_error=False,
 )
 
-MISSING_MESSAGE = "Authentication required: send Basic credentials or a Bearer token."
-WRONG_MESSAGE = "The username or password is wrong."
-MALFORMED_MESSAGE = "The Basic credentials must be base64 of 'username:password'."
+#: `CredentialsRequired`'s sentence, for `api.deps`, which still raises `Unauthorized(MISSING_MESSAGE)`
+#: (raising `CredentialsRequired()` there is the same answer).
+MISSING_MESSAGE = CredentialsRequired.sentence()
 #: Verified bearer tokens remembered per process (each until its `exp`).
 TOKEN_CACHE_SIZE = 10_000
 
@@ -122,7 +129,7 @@ class Authenticator:
         )
 
     async def basic(self, session: AsyncSession, username: str, password: str) -> Principal:
-        """The principal whose credentials these are; `Unauthorized` otherwise (same message and,
+        """The principal whose credentials these are; `WrongCredentials` otherwise (same message and,
         within bcrypt's noise, the same time for an unknown user and a wrong password). Its
         `authenticated_at` is the moment just before the row was read, which a token issued to it
         takes as `iat`.
@@ -139,7 +146,7 @@ class Authenticator:
         await session.rollback()
         principal, password_hash = found if found is not None else (None, None)
         if not await self._check_once(username, password, password_hash):
-            raise Unauthorized(WRONG_MESSAGE)
+            raise WrongCredentials()
         assert principal is not None and password_hash is not None
         self.cache.remember(principal.id, password_hash, password)
         if hash_cost(password_hash) != self.cfg.bcrypt_rounds:
@@ -254,16 +261,17 @@ class Authenticator:
 
 
 def parse_basic(param: str) -> tuple[str, str]:
-    """(username, password) from the base64 part of a Basic header (RFC 7617, UTF-8)."""
+    """(username, password) from the base64 part of a Basic header (RFC 7617, UTF-8). Raises
+    `MalformedCredentials`, or `WrongCredentials` for a NUL character."""
     try:
         decoded = base64.b64decode(param.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise Unauthorized(MALFORMED_MESSAGE) from exc
+        raise MalformedCredentials() from exc
     username, sep, password = decoded.partition(":")
     if not sep or not username:
-        raise Unauthorized(MALFORMED_MESSAGE)
+        raise MalformedCredentials()
     if "\x00" in decoded:  # no stored username or password has one (and PostgreSQL refuses NUL)
-        raise Unauthorized(WRONG_MESSAGE)
+        raise WrongCredentials()
     return username, password
 
 
@@ -276,7 +284,8 @@ def split_authorization(header: str) -> tuple[str, str]:
 
 async def authenticate(request: Request, session: AsyncSession) -> Principal | None:
     """The principal of the request's `Authorization` header; None when there is no header.
-    Raises `Unauthorized` / `InvalidToken` for a header that does not prove who is asking."""
+    Raises `UnsupportedScheme`, `MalformedCredentials`, `WrongCredentials`, `EmptyBearerToken` or
+    `InvalidToken` for a header that does not prove who is asking."""
     header = request.headers.get("authorization")
     if header is None:
         return None
@@ -284,11 +293,11 @@ async def authenticate(request: Request, session: AsyncSession) -> Principal | N
     auth: Authenticator = request.app.state.auth
     if scheme.lower() == "bearer":
         if not param.strip():
-            raise InvalidToken("The Bearer token is empty.")
+            raise EmptyBearerToken()
         principal = await auth.bearer(session, param.strip())
     elif scheme.lower() == "basic":
         principal = await auth.basic(session, *parse_basic(param))
     else:
-        raise Unauthorized(f"Unsupported authorization scheme '{scheme[:20]}': use Basic or Bearer.")
+        raise UnsupportedScheme(scheme)
     request.state.principal = principal
     return principal

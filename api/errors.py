@@ -34,6 +34,7 @@ from api.nul_characters import NUL_ERROR_TYPE
 from core.context import request_id_var
 from core.errors import (
     ID_KINDS,
+    CredentialsRequired,
     DomainError,
     InvalidInput,
     NotFound,
@@ -518,9 +519,7 @@ def install_error_handlers(app: FastAPI) -> None:
             and "authorization" not in request.headers
             and _needs_credentials(request.scope.get("route"))
         ):
-            from api.auth import MISSING_MESSAGE
-
-            return error_response(Unauthorized(MISSING_MESSAGE), request.url.path)
+            return error_response(CredentialsRequired(), request.url.path)
         path = request.url.path
         return error_response(validation_error(errors, path, request.headers.get("content-type")), path)
 

@@ -17,16 +17,16 @@ from typing import Any, Literal
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from api.auth import MISSING_MESSAGE, WRONG_MESSAGE
 from api.errors import InternalError, RateLimitExceeded, core_envelope, store_envelope, validation_error
 from core.errors import (
+    CredentialsRequired,
     DomainError,
     InvalidInput,
     ManagerMismatch,
     ManagerUnbound,
     RoleRequired,
     StoreRoleRequired,
-    Unauthorized,
+    WrongCredentials,
 )
 from core.users.security import TokenExpired
 
@@ -85,8 +85,8 @@ NEGATIVE_STOCK = Example(
         },
     ),
 )
-MISSING_CREDENTIALS = Example("unauthorized", Unauthorized(MISSING_MESSAGE))
-WRONG_CREDENTIALS = Example("wrong_password", Unauthorized(WRONG_MESSAGE))
+MISSING_CREDENTIALS = Example(CredentialsRequired.example_key(), CredentialsRequired.example())
+WRONG_CREDENTIALS = Example(WrongCredentials.example_key(), WrongCredentials.example())
 EXPIRED_TOKEN = Example(TokenExpired.example_key(), TokenExpired.example())
 STAFF_REQUIRED = Example("forbidden", RoleRequired.staff("customer"))
 ADMIN_REQUIRED = Example("forbidden_admin", RoleRequired.admin("manager"))
@@ -237,7 +237,7 @@ STORE_INVALID_ORDER_ID = Example(
 )
 
 _STORE_DEFAULTS = (
-    Example("unauthorized", Unauthorized(MISSING_MESSAGE)),
+    MISSING_CREDENTIALS,
     Example("forbidden", ManagerMismatch.example()),
     Example(StoreRoleRequired.example_key(), StoreRoleRequired.example()),
     Example(ManagerUnbound.example_key(), ManagerUnbound.example()),

@@ -231,7 +231,67 @@ class Unauthorized(DomainError):
 
     @classmethod
     def example(cls) -> DomainError:
-        return cls("Authentication required: send Basic credentials or a Bearer token.")
+        return CredentialsRequired()
+
+
+class _FixedUnauthorized(Unauthorized):
+    """An `Unauthorized` whose sentence is its class's `template` (no values)."""
+
+    def __init__(self) -> None:
+        super().__init__(self.sentence())
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls()
+
+
+class CredentialsRequired(_FixedUnauthorized):
+    """401: no `Authorization` header where credentials are required (CONTRACT.md, "Users and
+    authentication")."""
+
+    template = "Authentication required: send Basic credentials or a Bearer token."
+    example_name = "unauthorized"
+
+
+class WrongCredentials(_FixedUnauthorized):
+    """401: HTTP Basic with a wrong password or an unknown username (one sentence for both)."""
+
+    template = "The username or password is wrong."
+    example_name = "wrong_password"
+
+
+class MalformedCredentials(_FixedUnauthorized):
+    """401: HTTP Basic credentials that are not base64 of UTF-8 `username:password` with a non-empty
+    username (RFC 7617, section 2)."""
+
+    template = "The Basic credentials must be base64 of 'username:password'."
+    example_name = "malformed_credentials"
+
+
+class UnsupportedScheme(Unauthorized):
+    """401: an `Authorization` scheme other than Basic or Bearer (RFC 9110, section 11.6.2); `scheme`
+    is the one sent, cut to 20 characters."""
+
+    template = "Unsupported authorization scheme '{scheme}': use Basic or Bearer."
+    example_name = "unsupported_scheme"
+
+    def __init__(self, scheme: str) -> None:
+        params = {"scheme": scheme[:20]}
+        super().__init__(self.sentence(**params), params=params)
+
+    @classmethod
+    def example(cls) -> DomainError:
+        return cls("Digest")
+
+
+class EmptyBearerToken(_FixedUnauthorized):
+    """401: `Authorization: Bearer` with no token. Answered like every refused bearer token, with
+    `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750, section 3); the other token refusals
+    are `core.users.security.InvalidToken` and its subclasses."""
+
+    template = "The Bearer token is empty."
+    example_name = "empty_token"
+    challenge = 'Bearer error="invalid_token"'
 
 
 class Forbidden(DomainError):

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
 
 from api import metrics
-from api.auth import MISSING_MESSAGE, authenticate, basic_scheme, bearer_scheme
+from api.auth import authenticate, basic_scheme, bearer_scheme
 from api.deps import SessionDep, single_statement
 from api.errors import rejection_response
 from api.openapi import (
@@ -44,6 +44,7 @@ from api.outcomes import (
 from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
 from core.errors import (
+    CredentialsRequired,
     DuplicateInBatch,
     Forbidden,
     IdempotencyKeyReused,
@@ -55,7 +56,6 @@ from core.errors import (
     ProductDiscontinued,
     ProductNotFound,
     StoreRoleRequired,
-    Unauthorized,
 )
 from core.events import Watch
 from core.orders.intake import OrderRequest
@@ -97,7 +97,7 @@ async def store_caller(
         return None
     principal = await authenticate(request, session)
     if principal is None:
-        raise Unauthorized(MISSING_MESSAGE)
+        raise CredentialsRequired()
     return principal
 
 

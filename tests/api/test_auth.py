@@ -21,7 +21,6 @@ import redis
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from api.auth import MISSING_MESSAGE
 from api.main import ConfigError, check_settings, create_app
 from core.config import Settings, settings
 from core.db import get_sync_engine
@@ -151,14 +150,15 @@ def stored_hash(user_id: int) -> str:
 
 async def test_missing_authorization_is_401_with_basic_challenge(anon):
     body = assert_401(await anon.get("/products"))
-    assert body["message"] == MISSING_MESSAGE
+    assert body["message"] == "Authentication required: send Basic credentials or a Bearer token."
+    assert body["details"] == {}
 
 
 async def test_wrong_password_and_unknown_user_get_the_same_401(anon):
     user = make_user(Role.CUSTOMER)
     wrong = assert_401(await anon.get("/products", headers=basic_header(user.username, "not-the-password")))
     unknown = assert_401(await anon.get("/products", headers=basic_header("nobody-here", "not-the-password")))
-    assert wrong["message"] == unknown["message"]
+    assert wrong["message"] == unknown["message"] == "The username or password is wrong."
     assert wrong["details"] == unknown["details"]
     assert user.username not in wrong["message"]
 
@@ -181,7 +181,9 @@ async def test_wrong_password_of_the_admin_is_401(anon):
     ],
 )
 async def test_malformed_basic_is_401_not_500(anon, header):
-    assert_401(await anon.get("/products", headers={"Authorization": header}))
+    body = assert_401(await anon.get("/products", headers={"Authorization": header}))
+    assert body["message"] == "The Basic credentials must be base64 of 'username:password'."
+    assert body["details"] == {}
 
 
 async def test_non_ascii_bytes_in_the_basic_header_are_401(anon):
@@ -207,7 +209,15 @@ async def test_very_long_basic_credentials_are_401(anon):
 
 @pytest.mark.parametrize("header", ["Digest x", "Token abc", "NTLM TlRMTVNTUAAB", "Negotiate", "Basicfoo"])
 async def test_unsupported_scheme_is_401(anon, header):
-    assert_401(await anon.get("/products", headers={"Authorization": header}))
+    body = assert_401(await anon.get("/products", headers={"Authorization": header}))
+    scheme = header.partition(" ")[0]
+    assert body["message"] == f"Unsupported authorization scheme '{scheme}': use Basic or Bearer."
+    assert body["details"] == {}
+
+
+async def test_unsupported_scheme_is_named_up_to_20_characters(anon):
+    body = assert_401(await anon.get("/products", headers={"Authorization": "X" * 30 + " abc"}))
+    assert body["message"] == f"Unsupported authorization scheme '{'X' * 20}': use Basic or Bearer."
 
 
 async def test_basic_scheme_name_is_case_insensitive(anon):
@@ -325,7 +335,9 @@ async def test_expired_token_message_says_it_expired(anon):
 
 @pytest.mark.parametrize("header", ["Bearer", "Bearer ", "Bearer    ", "bearer"])
 async def test_empty_bearer_is_401_invalid_token(anon, header):
-    assert_401(await anon.get("/products", headers={"Authorization": header}), BEARER_CHALLENGE)
+    body = assert_401(await anon.get("/products", headers={"Authorization": header}), BEARER_CHALLENGE)
+    assert body["message"] == "The Bearer token is empty."
+    assert body["details"] == {}
 
 
 async def test_valid_bearer_token_is_accepted_and_scheme_is_case_insensitive(anon):

@@ -28,13 +28,12 @@ import api.errors
 import api.openapi
 import core.errors
 import core.users.security
-from api.auth import MALFORMED_MESSAGE
 from api.errors import core_envelope, store_envelope
 from api.main import create_app
 from api.openapi import EXAMPLE_REQUEST_ID, Example
 from api.routes.users import LOGIN_MESSAGE
 from core.config import settings
-from core.errors import DomainError, Unauthorized
+from core.errors import DomainError, MalformedCredentials, Unauthorized
 from core.users.models import Role
 from core.users.security import MalformedToken, TokenExpired, issue_token
 from tests.conftest import ADMIN, create_product, make_user
@@ -304,7 +303,7 @@ async def test_invalid_token_and_credentials_are_their_classes_sentences(anon, o
     assert missing.status_code == 401
     assert_as_documented(missing, openapi, "/orders", "get", "unauthorized")
     malformed = await anon.get("/orders", headers={"Authorization": "Basic !!!"})
-    assert malformed.json()["message"] == MALFORMED_MESSAGE
+    assert malformed.json()["message"] == MalformedCredentials.template
 
 
 async def test_missing_store_product_is_the_documented_404_with_a_public_id(anon, openapi):
