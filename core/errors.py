@@ -24,9 +24,9 @@ _TEMPLATED: dict[str, type[DomainError] | None] = {}
 
 
 class DomainError(Exception):
-    """Base of every error raised on purpose. `message` is the sentence as the core API writes it,
-    `details` the envelope's JSON object, `params` the values `template` was filled from (empty when
-    the instance was given its sentence)."""
+    """Base of every error raised on purpose. `message` is the sentence as the core API writes it
+    (default: `template` filled from `params`), `details` the envelope's JSON object, `params` the
+    values `template` was filled from (empty when the instance was given its sentence)."""
 
     status: ClassVar[int] = 400
     code: ClassVar[str] = "INVALID_REQUEST"
@@ -37,12 +37,16 @@ class DomainError(Exception):
     example_name: ClassVar[str | None] = None
 
     def __init__(
-        self, message: str, details: dict[str, Any] | None = None, *, params: dict[str, Any] | None = None
+        self,
+        message: str | None = None,
+        details: dict[str, Any] | None = None,
+        *,
+        params: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(message)
-        self.message = message
         self.details: dict[str, Any] = details or {}
         self.params: dict[str, Any] = params or {}
+        self.message = self.sentence(**self.params) if message is None else message
+        super().__init__(self.message)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -58,7 +62,10 @@ class DomainError(Exception):
 
     @classmethod
     def example(cls) -> DomainError:
-        """The instance the OpenAPI document shows for this class."""
+        """The instance the OpenAPI document shows for this class (a subclass whose template has no
+        fields: its one sentence)."""
+        if cls.template is not None and not template_fields(cls.template):
+            return cls()
         return cls("The request is invalid.")
 
     @classmethod
@@ -231,21 +238,13 @@ class Unauthorized(DomainError):
 
     @classmethod
     def example(cls) -> DomainError:
-        return CredentialsRequired()
+        """A subclass with a template: its own; otherwise this class with `CredentialsRequired`'s sentence."""
+        if cls.template is None:
+            return cls(CredentialsRequired.sentence())
+        return super().example()
 
 
-class _FixedUnauthorized(Unauthorized):
-    """An `Unauthorized` whose sentence is its class's `template` (no values)."""
-
-    def __init__(self) -> None:
-        super().__init__(self.sentence())
-
-    @classmethod
-    def example(cls) -> DomainError:
-        return cls()
-
-
-class CredentialsRequired(_FixedUnauthorized):
+class CredentialsRequired(Unauthorized):
     """401: no `Authorization` header where credentials are required (CONTRACT.md, "Users and
     authentication")."""
 
@@ -253,14 +252,14 @@ class CredentialsRequired(_FixedUnauthorized):
     example_name = "unauthorized"
 
 
-class WrongCredentials(_FixedUnauthorized):
+class WrongCredentials(Unauthorized):
     """401: HTTP Basic with a wrong password or an unknown username (one sentence for both)."""
 
     template = "The username or password is wrong."
     example_name = "wrong_password"
 
 
-class MalformedCredentials(_FixedUnauthorized):
+class MalformedCredentials(Unauthorized):
     """401: HTTP Basic credentials that are not base64 of UTF-8 `username:password` with a non-empty
     username (RFC 7617, section 2)."""
 
@@ -284,7 +283,7 @@ class UnsupportedScheme(Unauthorized):
         return cls("Digest")
 
 
-class EmptyBearerToken(_FixedUnauthorized):
+class EmptyBearerToken(Unauthorized):
     """401: `Authorization: Bearer` with no token. Answered like every refused bearer token, with
     `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750, section 3); the other token refusals
     are `core.users.security.InvalidToken` and its subclasses."""
