@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from api.deps import CurrentUser, PageDep, SessionDep, StaffUser
 from api.openapi import INVALID_INPUT, NEGATIVE_STOCK, responses
@@ -14,6 +16,7 @@ from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
 from core.errors import InsufficientStock, InvalidInput, ProductNotFound, StockLimitExceeded
 from core.products import service
+from core.products.models import Product
 from core.products.schemas import (
     ProductCreate,
     ProductFilter,
@@ -145,6 +148,20 @@ async def delete_product(product_id: ProductId, session: SessionDep, user: Staff
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+#: `service.increment_stock` or `service.decrement_stock`: (session, product_id, quantity, actor).
+StockWrite = Callable[[Session, int, int, str | None], Product]
+
+
+async def _change_stock(
+    write: StockWrite, action: str, product_id: int, body: StockChange, session: SessionDep, actor: str
+) -> ProductRead:
+    """Apply `write` for `body.quantity` units and audit it as `action` with the quantity and the new
+    stock, in the request's transaction."""
+    product = await session.run_sync(write, product_id, body.quantity, actor)
+    await _audit(session, actor, action, product_id, {"quantity": body.quantity, "stock": product.stock})
+    return ProductRead.model_validate(product)
+
+
 @router.patch(
     "/increment/{product_id}",
     response_model=ProductRead,
@@ -154,10 +171,8 @@ async def increment_stock(
     product_id: ProductId, body: StockChange, session: SessionDep, user: StaffUser
 ) -> ProductRead:
     """Add `quantity` units (aliases `amount`, `change`)."""
-    product = await session.run_sync(service.increment_stock, product_id, body.quantity, user.username)
-    details = {"quantity": body.quantity, "stock": product.stock}
-    await _audit(session, user.username, AuditAction.STOCK_INCREMENT, product_id, details)
-    return ProductRead.model_validate(product)
+    write = service.increment_stock
+    return await _change_stock(write, AuditAction.STOCK_INCREMENT, product_id, body, session, user.username)
 
 
 @router.patch(
@@ -169,10 +184,8 @@ async def decrement_stock(
     product_id: ProductId, body: StockChange, session: SessionDep, user: StaffUser
 ) -> ProductRead:
     """Remove `quantity` units; past zero -> 400 `Insufficient stock`, stock unchanged."""
-    product = await session.run_sync(service.decrement_stock, product_id, body.quantity, user.username)
-    details = {"quantity": body.quantity, "stock": product.stock}
-    await _audit(session, user.username, AuditAction.STOCK_DECREMENT, product_id, details)
-    return ProductRead.model_validate(product)
+    write = service.decrement_stock
+    return await _change_stock(write, AuditAction.STOCK_DECREMENT, product_id, body, session, user.username)
 
 
 @router.get(

@@ -205,38 +205,30 @@ def adjust(session: Session, product: Product, new_stock: int, actor: str | None
 
 def increment(session: Session, product_id: int, quantity: int, actor: str | None) -> int:
     """Add `quantity` (>= 1) units in one conditional UPDATE, with an `increment` ledger row.
-    Returns the new stock. Raises ProductNotFound, or InvalidInput when the stock would exceed
-    `MAX_STOCK` (stock is left unchanged)."""
-    new_stock = repo.add_stock(session, product_id, quantity)
-    if new_stock is None:
-        product = _live_product(session, product_id)
-        raise StockLimitExceeded(product.id, product.name, product.stock, quantity, MAX_STOCK)
-    repo.add_movement(
-        session,
-        product_id=product_id,
-        delta=quantity,
-        stock_after=new_stock,
-        reason=MovementReason.INCREMENT,
-        actor=actor,
-    )
-    return new_stock
+    Returns the new stock. Raises ProductNotFound, or StockLimitExceeded (an InvalidInput) when the
+    stock would exceed `MAX_STOCK` (stock is left unchanged)."""
+    return _add(session, product_id, quantity, MovementReason.INCREMENT, actor)
 
 
 def decrement(session: Session, product_id: int, quantity: int, actor: str | None) -> int:
     """Remove `quantity` (>= 1) units in one conditional UPDATE, with a `decrement` ledger row.
     Returns the new stock. Raises ProductNotFound, or InsufficientStock when fewer than `quantity`
     units are on hand (stock is left unchanged)."""
-    new_stock = repo.add_stock(session, product_id, -quantity)
+    return _add(session, product_id, -quantity, MovementReason.DECREMENT, actor)
+
+
+def _add(session: Session, product_id: int, delta: int, reason: str, actor: str | None) -> int:
+    """Change the stock by `delta` units (one conditional UPDATE within 0..MAX_STOCK) and ledger it
+    under `reason`; returns the new stock. When the UPDATE took nothing, the reason it could not:
+    ProductNotFound, StockLimitExceeded (`delta` > 0) or InsufficientStock (`delta` < 0)."""
+    new_stock = repo.add_stock(session, product_id, delta)
     if new_stock is None:
         product = _live_product(session, product_id)
-        raise InsufficientStock(product.id, product.name, product.stock, quantity)
+        if delta > 0:
+            raise StockLimitExceeded(product.id, product.name, product.stock, delta, MAX_STOCK)
+        raise InsufficientStock(product.id, product.name, product.stock, -delta)
     repo.add_movement(
-        session,
-        product_id=product_id,
-        delta=-quantity,
-        stock_after=new_stock,
-        reason=MovementReason.DECREMENT,
-        actor=actor,
+        session, product_id=product_id, delta=delta, stock_after=new_stock, reason=reason, actor=actor
     )
     return new_stock
 

@@ -88,7 +88,8 @@ def delete_product(session: Session, product_id: int) -> None:
 
 def increment_stock(session: Session, product_id: int, quantity: int, actor: str | None = None) -> Product:
     """Add `quantity` (>= 1) units (`core.inventory.increment`). Raises ProductNotFound, or
-    InvalidInput when the stock would exceed `repository.MAX_STOCK` (stock is left unchanged)."""
+    StockLimitExceeded (an InvalidInput) when the stock would exceed `repository.MAX_STOCK` (stock is
+    left unchanged)."""
     inventory.increment(session, product_id, quantity, actor)
     return _refreshed(session, product_id)
 
