@@ -31,6 +31,13 @@ def merge_lines(lines: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return list(merged.items())
 
 
+def over_quantity_limit(merged: Iterable[tuple[int, int]]) -> tuple[int, int] | None:
+    """The first (product_id, quantity) of `merged` (`merge_lines`' output) with more than
+    `MAX_QUANTITY` units, or None: an order takes at most that many units of one product, its lines
+    for that product summed (CONTRACT.md, "Orders"). Each surface words the refusal its own way."""
+    return next(((pid, quantity) for pid, quantity in merged if quantity > MAX_QUANTITY), None)
+
+
 class OrderLineIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -66,12 +73,12 @@ class OrderCreate(BaseModel):
         if self.products is None and (self.product_id is None or self.quantity is None):
             missing = "product_id" if self.product_id is None else "quantity"
             raise ValueError(f"Order {missing} is required.")
-        for product_id, quantity in self.merged_lines():
-            if quantity > MAX_QUANTITY:
-                raise ValueError(
-                    f"Order quantity of product {product_id} is {quantity} in all; "
-                    f"at most {MAX_QUANTITY} units of one product can be ordered at once."
-                )
+        over = over_quantity_limit(self.merged_lines())
+        if over is not None:
+            raise ValueError(
+                f"Order quantity of product {over[0]} is {over[1]} in all; "
+                f"at most {MAX_QUANTITY} units of one product can be ordered at once."
+            )
         return self
 
     def merged_lines(self) -> list[tuple[int, int]]:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, model_validator
 
-from core.orders.schemas import merge_lines
+from core.orders.schemas import merge_lines, over_quantity_limit
 from core.products.repository import MAX_STOCK
 from core.store.ids import OrderIdOut, ProductIdOut, ProductRef
 from core.types import MANAGER_ID_MAX_LENGTH, MAX_QUANTITY, JsonInteger, Money, Quantity
@@ -174,12 +174,12 @@ class ProcessOrderRequest(BaseModel):
 
     @model_validator(mode="after")
     def _merged_within_limit(self) -> ProcessOrderRequest:
-        for product_id, quantity in self.merged_lines():
-            if quantity > MAX_QUANTITY:
-                raise ValueError(
-                    f"at most {MAX_QUANTITY} units of one product can be ordered at once "
-                    f"(product prod_{product_id:03d} has {quantity} in all)"
-                )
+        over = over_quantity_limit(self.merged_lines())
+        if over is not None:
+            raise ValueError(
+                f"at most {MAX_QUANTITY} units of one product can be ordered at once "
+                f"(product prod_{over[0]:03d} has {over[1]} in all)"
+            )
         return self
 
     def merged_lines(self) -> list[tuple[int, int]]:
