@@ -63,10 +63,25 @@ UNCHANGED = "unchanged"
 RETRYING = "retrying"
 
 
+def as_retryable(exc: BaseException) -> BaseException:
+    """`exc` as `autoretry_for` should see it: a `DBAPIError` after which SQLAlchemy dropped the
+    connection (`connection_invalidated`) that is not already one of `TRANSIENT_DB_ERRORS` becomes a
+    `ConnectionInvalidated` caused by it; any other exception is returned as it is."""
+    if (
+        isinstance(exc, DBAPIError)
+        and exc.connection_invalidated
+        and not isinstance(exc, TRANSIENT_DB_ERRORS)
+    ):
+        converted = ConnectionInvalidated(str(exc))
+        converted.__cause__ = exc
+        return converted
+    return exc
+
+
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, TRANSIENT_DB_ERRORS):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    """Whether `exc` is a fault worth another try: one of `TRANSIENT_DB_ERRORS` once `as_retryable`
+    converted it (the one definition `process_order`'s `autoretry_for` and the batch fallback share)."""
+    return isinstance(as_retryable(exc), TRANSIENT_DB_ERRORS)
 
 
 def retry_countdown(retries: int) -> float:
@@ -176,8 +191,9 @@ def process_order(order_id: int) -> str | None:
     try:
         status = _reserve_one(order_id)
     except DBAPIError as exc:
-        if exc.connection_invalidated and not isinstance(exc, TRANSIENT_DB_ERRORS):
-            raise ConnectionInvalidated(str(exc)) from exc
+        converted = as_retryable(exc)
+        if converted is not exc:
+            raise converted from exc
         raise
     if status is None:
         log.warning("order %s does not exist; nothing to process", order_id)

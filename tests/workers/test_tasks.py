@@ -26,6 +26,20 @@ def test_transient_errors_are_told_apart():
     assert tasks.is_transient(dropped)
 
 
+def test_a_dropped_connection_is_retried_as_connection_invalidated():
+    """`as_retryable` is the one place that turns a `DBAPIError` whose connection was invalidated into
+    a type `autoretry_for` matches; the errors it already matches, and the others, pass unchanged."""
+    dropped = DBAPIError("SELECT 1", {}, Exception("closed"), connection_invalidated=True)
+    converted = tasks.as_retryable(dropped)
+    assert isinstance(converted, tasks.ConnectionInvalidated)
+    assert isinstance(converted, tasks.process_order.autoretry_for)
+    assert converted.__cause__ is dropped
+    op = OperationalError("SELECT 1", {}, Exception("gone"), connection_invalidated=True)
+    assert tasks.as_retryable(op) is op
+    bug = ValueError("bug")
+    assert tasks.as_retryable(bug) is bug
+
+
 def test_process_order_retries_through_celerys_options_never_on_any_exception():
     task = tasks.process_order
     assert task.autoretry_for == tasks.TRANSIENT_DB_ERRORS
