@@ -46,9 +46,8 @@ def serve(
         raise typer.Exit(2)
     if migrate_first:
         migrate()
-    if workers > 1 and settings.redis_url is None:
-        console.print("[red]--workers > 1 needs REDIS_URL (the in-memory broker is per process)[/]")
-        raise typer.Exit(2)
+    if workers > 1:
+        _require_redis("--workers > 1 needs REDIS_URL (the in-memory broker is per process)")
     if settings.embedded:
         console.print(f"[yellow]embedded default[/]: SQLite at {settings.sqlite_path}, in-process worker")
     uvicorn.run(
@@ -62,27 +61,32 @@ def serve(
     )
 
 
-def _exec_celery(args: list[str]) -> None:
-    argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args]
-    os.execv(sys.executable, argv)
+def _require_redis(refusal: str) -> None:
+    """Exit 2 with `refusal` when REDIS_URL is not set: the embedded default's broker and worker live
+    in one process, so a second process (API, worker or beat) could not reach them."""
+    if settings.redis_url is None:
+        console.print(f"[red]{refusal}[/]")
+        raise typer.Exit(2)
+
+
+def _exec_celery(command: str, args: list[str]) -> None:
+    """Replace this process with `celery -A workers.celery_app <command> --loglevel LOG_LEVEL <args>`."""
+    celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
+    os.execv(sys.executable, [*celery, command, "--loglevel", settings.log_level, *args])
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def worker(ctx: typer.Context) -> None:
     """Run a Celery worker (extra arguments go to `celery worker`, e.g. --concurrency 4)."""
-    if settings.redis_url is None:
-        console.print("[red]a separate worker needs REDIS_URL (and DATABASE_URL)[/]")
-        raise typer.Exit(2)
-    _exec_celery(["worker", "--loglevel", settings.log_level, *ctx.args])
+    _require_redis("a separate worker needs REDIS_URL (and DATABASE_URL)")
+    _exec_celery("worker", ctx.args)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def beat(ctx: typer.Context) -> None:
     """Run Celery beat (the periodic outbox sweep)."""
-    if settings.redis_url is None:
-        console.print("[red]beat needs REDIS_URL; the embedded default sweeps in-process[/]")
-        raise typer.Exit(2)
-    _exec_celery(["beat", "--loglevel", settings.log_level, *ctx.args])
+    _require_redis("beat needs REDIS_URL; the embedded default sweeps in-process")
+    _exec_celery("beat", ctx.args)
 
 
 @app.command("create-user")

@@ -90,6 +90,23 @@ def test_serve_refuses_a_missing_jwt_secret(monkeypatch):
     assert "JWT_SECRET_KEY is not set" in result.output
 
 
+def test_a_second_process_refuses_to_start_without_redis(monkeypatch):
+    """worker, beat and serve --workers 2 exit 2 before starting anything when REDIS_URL is not set
+    (the embedded default's broker lives in one process)."""
+    from core.config import settings
+
+    monkeypatch.setattr(settings, "redis_url", None)
+    cases = [
+        (["worker", "--concurrency", "1"], "a separate worker needs REDIS_URL"),
+        (["beat"], "beat needs REDIS_URL"),
+        (["serve", "--no-migrate", "--workers", "2"], "--workers > 1 needs REDIS_URL"),
+    ]
+    for args, expected in cases:
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert expected in result.output
+
+
 def _quick_start_serve_command() -> str:
     text = README.read_text()
     section = text[text.index("## Quick start") :]
