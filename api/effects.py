@@ -23,20 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from api.dispatch import OrderDispatcher
+from api.log_throttle import LogThrottle
 from core import events
 from core.products import cache
 from core.redisconn import Availability
 from core.uow import Effects
 
 log = logging.getLogger("orderflow.api")
-
-_QUIET_SECONDS = 30.0
 
 
 class MemoryEffectRunner:
@@ -71,7 +69,7 @@ class EffectRunner:
         self._redis = redis
         self._timeout = timeout
         self._availability = availability or Availability()
-        self._last_warning = 0.0
+        self._warnings = LogThrottle(log)
 
     async def run(self, effects: Effects) -> None:
         if effects.dispatch:
@@ -97,11 +95,10 @@ class EffectRunner:
             await pipe.execute()
 
     def _warn(self, effects: Effects, why: object) -> None:
-        """Log what was lost, at most once every `_QUIET_SECONDS` (the message is built only then)."""
-        now = time.monotonic()
-        if now - self._last_warning < _QUIET_SECONDS:
+        """Log what was lost, at most once every 30 s (`api.log_throttle`; the message is built only
+        then)."""
+        if not self._warnings.due():
             return
-        self._last_warning = now
         what = []
         if effects.listings:
             what.append(f"listing cache not invalidated for {sorted(effects.listings)[:5]}")

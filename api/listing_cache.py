@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from api.log_throttle import LogThrottle
 from core.products import cache
 from core.redisconn import Availability
 
 log = logging.getLogger("orderflow.api")
-
-_QUIET_SECONDS = 30.0
 
 
 class MemoryListingCache:
@@ -70,7 +68,7 @@ class ListingCache:
         self._ttl = ttl
         self._timeout = timeout
         self._availability = availability or Availability()
-        self._last_warning = 0.0
+        self._warnings = LogThrottle(log)
 
     @property
     def enabled(self) -> bool:
@@ -119,12 +117,6 @@ class ListingCache:
 
     def _failed(self, exc: BaseException) -> None:
         self._availability.failed()
-        self._warn(exc)
-
-    def _warn(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._last_warning >= _QUIET_SECONDS:
-            self._last_warning = now
-            log.warning(
-                "store listing cache unavailable, reading the database: %s", exc or type(exc).__name__
-            )
+        self._warnings.warning(
+            "store listing cache unavailable, reading the database: %s", exc or type(exc).__name__
+        )
