@@ -26,9 +26,9 @@ from core.errors import (
     ManagerUnbound,
     RoleRequired,
     StoreRoleRequired,
+    TokenExpired,
     WrongCredentials,
 )
-from core.users.security import TokenExpired
 
 #: The request id shown in the core envelope's examples.
 EXAMPLE_REQUEST_ID = "8f2c1d0e6b7a4c3e9f1a2b3c4d5e6f70"

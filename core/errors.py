@@ -252,6 +252,15 @@ class CredentialsRequired(Unauthorized):
     example_name = "unauthorized"
 
 
+class BasicCredentialsRequired(Unauthorized):
+    """401: `POST /login` without HTTP Basic credentials (none, or another scheme such as Bearer):
+    only a username and password are exchanged for a token (CONTRACT.md, "Users and
+    authentication")."""
+
+    template = "Log in with Basic credentials: Authorization: Basic base64(username:password)."
+    example_name = "unauthorized"
+
+
 class WrongCredentials(Unauthorized):
     """401: HTTP Basic with a wrong password or an unknown username (one sentence for both)."""
 
@@ -283,14 +292,56 @@ class UnsupportedScheme(Unauthorized):
         return cls("Digest")
 
 
-class EmptyBearerToken(Unauthorized):
+class InvalidToken(Unauthorized):
+    """A bearer token that is malformed, tampered, expired, unsigned or signed with another key.
+    Answered with `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750, section 3)."""
+
+    challenge = 'Bearer error="invalid_token"'
+
+
+class TokenExpired(InvalidToken):
+    """Signed with this key, but `exp` has passed (RFC 7519, section 4.1.4)."""
+
+    template = "The access token has expired; log in again."
+    example_name = "invalid_token"
+
+
+class MalformedToken(InvalidToken):
+    """Not a JWT, tampered, signed with another key or algorithm, or a claim missing or of the wrong
+    shape."""
+
+    template = "The access token is invalid."
+    example_name = "malformed_token"
+
+
+class TokenSubjectInvalid(InvalidToken):
+    """Validly signed, but `sub` is not a positive int64 written in decimal digits."""
+
+    template = "The access token is invalid: its subject is not a user id."
+    example_name = "token_subject_invalid"
+
+
+class TokenUserGone(InvalidToken):
+    """Validly signed, but its user no longer exists."""
+
+    template = "The user of this access token no longer exists."
+    example_name = "token_user_gone"
+
+
+class TokenPasswordChanged(InvalidToken):
+    """Validly signed, but its user changed their password after the token's `iat`."""
+
+    template = "The password was changed after this access token was issued; log in again."
+    example_name = "token_password_changed"
+
+
+class EmptyBearerToken(InvalidToken):
     """401: `Authorization: Bearer` with no token. Answered like every refused bearer token, with
     `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750, section 3); the other token refusals
-    are `core.users.security.InvalidToken` and its subclasses."""
+    are the other subclasses of `InvalidToken`."""
 
     template = "The Bearer token is empty."
     example_name = "empty_token"
-    challenge = 'Bearer error="invalid_token"'
 
 
 class Forbidden(DomainError):

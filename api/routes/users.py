@@ -14,18 +14,18 @@ from sqlalchemy.orm import Session
 
 from api.auth import Authenticator, parse_basic, split_authorization
 from api.deps import AdminNow, OptionalUserNow, PageDep, SessionDep, UserNow
-from api.openapi import WRONG_CREDENTIALS, Example, responses
+from api.openapi import WRONG_CREDENTIALS, responses
 from api.pagination import set_page_headers
 from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
 from core.errors import (
+    BasicCredentialsRequired,
     LastAdmin,
     ManagerIdGrantForbidden,
     ManagerIdTaken,
     ManagerRoleRequired,
     RoleChangeForbidden,
     RoleGrantForbidden,
-    Unauthorized,
     UsernameTaken,
     UserNotFound,
 )
@@ -37,10 +37,6 @@ from core.users.schemas import TokenRead, UserCreate, UserRead, UserUpdate
 router = APIRouter(tags=["users"])
 
 UserId = Annotated[int, Path(ge=1, le=MAX_ID, description="User id"), DecimalDigits]
-
-
-#: The 401 of `POST /login` without Basic credentials.
-LOGIN_MESSAGE = "Log in with Basic credentials: Authorization: Basic base64(username:password)."
 
 
 def _auth(request: Request) -> Authenticator:
@@ -176,7 +172,7 @@ async def update_user(
 @router.post(
     "/login",
     response_model=TokenRead,
-    responses=responses(None, WRONG_CREDENTIALS, Example("unauthorized", Unauthorized(LOGIN_MESSAGE))),
+    responses=responses(None, WRONG_CREDENTIALS, BasicCredentialsRequired),
     summary="Exchange Basic credentials for a bearer token",
     openapi_extra={"security": [{"basicAuth": []}]},
 )
@@ -185,7 +181,7 @@ async def login(request: Request, session: SessionDep) -> JSONResponse:
     "bearer", expires_in}` (seconds). Use it as `Authorization: Bearer <access_token>`."""
     scheme, param = split_authorization(request.headers.get("authorization", ""))
     if scheme.lower() != "basic":
-        raise Unauthorized(LOGIN_MESSAGE)
+        raise BasicCredentialsRequired()
     auth = _auth(request)
     principal = await auth.basic(session, *parse_basic(param))
     body = TokenRead(access_token=auth.issue(principal), expires_in=auth.cfg.jwt_expires_seconds)

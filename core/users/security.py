@@ -40,7 +40,13 @@ from typing import Any
 import bcrypt
 import jwt
 
-from core.errors import Unauthorized
+from core.errors import (
+    MalformedToken,
+    TokenExpired,
+    TokenPasswordChanged,
+    TokenSubjectInvalid,
+    TokenUserGone,
+)
 from core.users.models import Role
 
 JWT_ALGORITHM = "HS256"
@@ -75,60 +81,6 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.role == Role.ADMIN
-
-
-class InvalidToken(Unauthorized):
-    """A bearer token that is malformed, tampered, expired, unsigned or signed with another key.
-    Answered with `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750, section 3)."""
-
-    challenge = 'Bearer error="invalid_token"'
-
-
-class _FixedTokenError(InvalidToken):
-    """An `InvalidToken` whose sentence is its class's `template`."""
-
-    def __init__(self) -> None:
-        super().__init__(self.sentence())
-
-    @classmethod
-    def example(cls) -> InvalidToken:
-        return cls()
-
-
-class TokenExpired(_FixedTokenError):
-    """Signed with this key, but `exp` has passed (RFC 7519, section 4.1.4)."""
-
-    template = "The access token has expired; log in again."
-    example_name = "invalid_token"
-
-
-class MalformedToken(_FixedTokenError):
-    """Not a JWT, tampered, signed with another key or algorithm, or a claim missing or of the wrong
-    shape."""
-
-    template = "The access token is invalid."
-    example_name = "malformed_token"
-
-
-class TokenSubjectInvalid(_FixedTokenError):
-    """Validly signed, but `sub` is not a positive int64 written in decimal digits."""
-
-    template = "The access token is invalid: its subject is not a user id."
-    example_name = "token_subject_invalid"
-
-
-class TokenUserGone(_FixedTokenError):
-    """Validly signed, but its user no longer exists."""
-
-    template = "The user of this access token no longer exists."
-    example_name = "token_user_gone"
-
-
-class TokenPasswordChanged(_FixedTokenError):
-    """Validly signed, but its user changed their password after the token's `iat`."""
-
-    template = "The password was changed after this access token was issued; log in again."
-    example_name = "token_password_changed"
 
 
 # --- passwords -----------------------------------------------------------------------------------

@@ -31,18 +31,17 @@ import core.users.security
 from api.errors import core_envelope, store_envelope
 from api.main import create_app
 from api.openapi import EXAMPLE_REQUEST_ID, Example
-from api.routes.users import LOGIN_MESSAGE
 from core.config import settings
-from core.errors import DomainError, MalformedCredentials, Unauthorized
+from core.errors import DomainError, MalformedCredentials, MalformedToken, TokenExpired
 from core.users.models import Role
-from core.users.security import MalformedToken, TokenExpired, issue_token
+from core.users.security import issue_token
 from tests.conftest import ADMIN, create_product, make_user
 
 # --- the document against the classes -------------------------------------------------------------
 
 
 def _all_classes(root: type[DomainError] = DomainError) -> Iterator[type[DomainError]]:
-    """Every subclass of `root`, but the private helpers (`_FixedTokenError`), which are never raised."""
+    """Every subclass of `root` but private helpers (a leading underscore), which are never raised."""
     for sub in root.__subclasses__():
         if not sub.__name__.startswith("_"):
             yield sub
@@ -70,7 +69,7 @@ def _rendered(error: DomainError, path: str) -> dict[str, Any]:
 
 def _sources() -> list[Example]:
     """Everything an error example may be made from: each class's `example()`, the named examples of
-    `api.openapi`, and the `POST /login` 401 of `api.routes.users`."""
+    `api.openapi`."""
     modules = (core.errors, api.errors, core.users.security)
     out = [
         Example(cls.example_key(), cls.example())
@@ -78,7 +77,6 @@ def _sources() -> list[Example]:
         if cls.__module__ in {m.__name__ for m in modules}
     ]
     out += [value for value in vars(api.openapi).values() if isinstance(value, Example)]
-    out.append(Example("unauthorized", Unauthorized(LOGIN_MESSAGE)))
     return out
 
 
