@@ -4,21 +4,26 @@ guards (CONTRACT.md, "Users and authentication"), pagination."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, TypeVar
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import Depends, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.datastructures import State
 
 from api.auth import MISSING_MESSAGE, authenticate, basic_scheme, bearer_scheme
 from core.db import bind_statement_pool
-from core.errors import RoleRequired, Unauthorized
+from core.errors import RoleRequired, TokenUserGone, Unauthorized
+from core.orders.intake import StatementUnit
 from core.types import MAX_ID, DecimalDigits
-from core.uow import take_effects
+from core.uow import Effects, take_effects
 from core.users import service as users_service
-from core.users.security import Principal, TokenUserGone
+from core.users.security import Principal
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
+#: Where `get_session` leaves the request's session for `optional_principal` (an ASGI scope key).
+_REQUEST_SESSION = "orderflow.session"
 F = TypeVar("F", bound=Any)
 
 
@@ -46,17 +51,47 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     factory = state.read_sessionmaker if autocommit else state.sessionmaker
     async with factory() as session:
         bind_statement_pool(session.sync_session, state.statement_pool)
+        request.scope[_REQUEST_SESSION] = session
         try:
             yield session
             await session.commit()
         except BaseException:
             await session.rollback()
             raise
-        effects = take_effects(session.sync_session)
-        for user_id in effects.credentials:
-            state.auth.forget(user_id)
-        if effects:
-            await state.effects.run(effects)
+        finally:
+            request.scope.pop(_REQUEST_SESSION, None)
+        await _run_effects(state, take_effects(session.sync_session))
+
+
+async def _run_effects(state: State, effects: Effects) -> None:
+    """After a commit: forget the changed users' cached credentials, then run the effects."""
+    for user_id in effects.credentials:
+        state.auth.forget(user_id)
+    if effects:
+        await state.effects.run(effects)
+
+
+@asynccontextmanager
+async def intake_unit(request: Request) -> AsyncIterator[AsyncSession | StatementUnit]:
+    """The unit of work of an order intake (`core.orders.intake.submit_order`), for a route that
+    depends on no session: on PostgreSQL a `StatementUnit` (the statement pool, autocommit: no ORM
+    session, no BEGIN/COMMIT), whose effects run when the block is left without an exception; on
+    the embedded SQLite default a session committed (and its effects run) on leaving the block, or
+    rolled back if it raises. Either way the effects run before the response is sent."""
+    state = request.app.state
+    if state.statement_pool is not None:
+        unit = StatementUnit(state.statement_pool, state.read_sessionmaker)
+        yield unit
+        await _run_effects(state, unit.effects)
+        return
+    async with state.sessionmaker() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+        await _run_effects(state, take_effects(session.sync_session))
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
@@ -77,15 +112,51 @@ class Page:
 PageDep = Annotated[Page, Depends()]
 
 
+class _SessionOnDemand:
+    """Stands in for the `AsyncSession` that `api.auth.authenticate` may read the user with: a read
+    session is made on first use only. A bearer token whose user is in `AccountCache` needs none."""
+
+    def __init__(self, factory: async_sessionmaker[AsyncSession]) -> None:
+        self._factory = factory
+        self.session: AsyncSession | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self.session is None:
+            self.session = self._factory()
+        return getattr(self.session, name)
+
+
 async def optional_principal(
     request: Request,
-    session: SessionDep,
     _basic: Annotated[HTTPAuthorizationCredentials | None, Security(basic_scheme)],
     _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
 ) -> Principal | None:
     """The authenticated user, or None when the request carries no `Authorization` header. Bad
-    credentials are a 401 even where they are optional."""
-    return await authenticate(request, session)
+    credentials are a 401 even where they are optional.
+
+    The user is read with the request's session when `SessionDep` was solved before this (the
+    routes declare it first); otherwise (`POST /orders`, which has no session) with a read session
+    of its own, made only when the credentials need a query (Basic credentials, or a bearer token
+    whose user `AccountCache` does not hold), committed or rolled back and closed before the route
+    runs."""
+    shared: AsyncSession | None = request.scope.get(_REQUEST_SESSION)
+    if shared is not None:
+        return await authenticate(request, shared)
+    state = request.app.state
+    lazy = _SessionOnDemand(state.read_sessionmaker)
+    try:
+        principal = await authenticate(request, cast(AsyncSession, lazy))
+        if lazy.session is not None:
+            await lazy.session.commit()
+            await _run_effects(state, take_effects(lazy.session.sync_session))
+    except BaseException:
+        if lazy.session is not None:
+            await lazy.session.rollback()
+        raise
+    finally:
+        if lazy.session is not None:
+            await lazy.session.close()
+    return principal
 
 
 def _required(principal: Principal | None) -> Principal:
@@ -109,7 +180,7 @@ def require_staff(principal: Annotated[Principal, Depends(current_principal)]) -
 
 
 async def optional_current_role(
-    principal: Annotated[Principal | None, Depends(optional_principal)], session: SessionDep
+    session: SessionDep, principal: Annotated[Principal | None, Depends(optional_principal)]
 ) -> Principal | None:
     """For user management: a bearer token's principal re-read from the database, so that a demoted
     admin's token stops granting admin at once (Basic credentials are read from it already). A token

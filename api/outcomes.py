@@ -176,7 +176,12 @@ class SettlingResponse(Response, Generic[S]):
         return order
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._render(await self.settle())(scope, receive, send)
+        """Wait, send the rendered order, and close the watch (closing it again, as the `Watches`
+        dependency does at the end of the request, is harmless)."""
+        try:
+            await self._render(await self.settle())(scope, receive, send)
+        finally:
+            hub.close(self._watch)
 
 
 def settling(

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -30,7 +28,8 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
 from psycopg.rows import namedtuple_row
-from sqlalchemy.ext.asyncio import AsyncSession
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from core.audit import service as audit
@@ -40,7 +39,7 @@ from core.errors import IdempotencyKeyReused, InvalidInput
 from core.inventory import unorderable
 from core.orders import service
 from core.orders.states import INITIAL_STATUS
-from core.uow import effects_of
+from core.uow import Effects, effects_of
 
 
 @dataclass(frozen=True)
@@ -181,17 +180,42 @@ class _Product:
     manager_id: str | None
 
 
-async def submit_order(session: AsyncSession, request: OrderRequest) -> Intake:
-    """Store a `pending` order and register it for dispatch after the commit.
+@dataclass
+class StatementUnit:
+    """The unit of work of an intake that needs no ORM session (the API on PostgreSQL): `pool`, the
+    statement pool its one statement runs on in autocommit mode (the statement is its own
+    transaction), `reads`, the factory of the short-lived session a replay reads the first order
+    with, and `effects`, what the edge runs once the statement has returned (`core.uow`)."""
+
+    pool: AsyncConnectionPool
+    reads: async_sessionmaker[AsyncSession]
+    effects: Effects = field(default_factory=Effects)
+
+
+async def submit_order(unit: AsyncSession | StatementUnit, request: OrderRequest) -> Intake:
+    """Store a `pending` order and register it for dispatch after the commit, in `unit`'s effects.
 
     Raises ProductNotFound (404; a product that does not exist, was deleted, or, for a store order,
     is another manager's), ProductDiscontinued (400), InsufficientStock (400), InvalidInput (400) when
     the total exceeds `service.MAX_ORDER_TOTAL`, Conflict (409) when the idempotency key was used with
     another body. A replay returns the first order (`replayed=True`) and dispatches nothing.
-    On PostgreSQL `session` should be in autocommit mode (the API's intake session): the statement is
-    then its own transaction."""
-    if session.get_bind().dialect.name != "postgresql":
-        return await session.run_sync(_submit_sync, request)
+    `unit` is a `StatementUnit`, or a session: on PostgreSQL one in autocommit mode (the statement is
+    then its own transaction), run on the statement pool bound to it if any (`core.db.statement_pool`)."""
+    if isinstance(unit, StatementUnit):
+        return await _submit_pg(unit.pool, unit.reads, unit.effects, request)
+    if unit.get_bind().dialect.name != "postgresql":
+        return await unit.run_sync(_submit_sync, request)
+    return await _submit_pg(unit, unit, effects_of(unit.sync_session), request)
+
+
+async def _submit_pg(
+    on: AsyncConnectionPool | AsyncSession,
+    reads: async_sessionmaker[AsyncSession] | AsyncSession,
+    effects: Effects,
+    request: OrderRequest,
+) -> Intake:
+    """The intake statement on `on` (a pool, or a session in autocommit mode); a replay reads the first
+    order with `reads` (a session factory, or the session)."""
     fingerprint = _fingerprint(request) if request.idempotency_key is not None else None
     now = utcnow()
     params = {
@@ -208,31 +232,34 @@ async def submit_order(session: AsyncSession, request: OrderRequest) -> Intake:
         "request_id": audit.current_request_id(),
         "audit": json.dumps({"lines": len(request.lines), **request.audit_details}),
     }
-    async with _connection(session) as conn:
-        row, prior = await _run(conn, params)
+    if isinstance(on, AsyncSession):
+        pool = statement_pool(on.sync_session)
+        if pool is not None:
+            on = pool
+    if isinstance(on, AsyncSession):
+        row, prior = await _run(await _driver_connection(on), params)
+    else:
+        conn = await on.getconn()
+        try:
+            row, prior = await _run(conn, params)
+        finally:
+            await on.putconn(conn)
     if prior is not None:
-        return await _replay(session, request, prior.order_id, prior.request_hash, fingerprint)
+        return await _replay(reads, request, prior.order_id, prior.request_hash, fingerprint)
     if row.order_id is None:
         if row.prior_order_id is not None:
-            return await _replay(session, request, row.prior_order_id, row.prior_hash, fingerprint)
+            return await _replay(reads, request, row.prior_order_id, row.prior_hash, fingerprint)
         _raise_refusal(request, _products(row.products))
-    effects_of(session.sync_session).dispatch.append(row.order_id)
+    effects.dispatch.append(row.order_id)
     return Intake(_view(row.order_id, request, _products(row.products), now), replayed=False)
 
 
-@asynccontextmanager
-async def _connection(session: AsyncSession) -> AsyncIterator[AsyncConnection[Any]]:
-    """The psycopg connection the statement runs on: one of the statement pool bound to the unit of
-    work (the API), else the session's own (which must then be in autocommit mode)."""
-    pool = statement_pool(session.sync_session)
-    if pool is not None:
-        async with pool.connection() as conn:
-            yield conn
-    else:
-        fairy = await (await session.connection()).get_raw_connection()
-        driver: AsyncConnection[Any] | None = fairy.driver_connection
-        assert driver is not None  # None only once the pooled connection was invalidated
-        yield driver
+async def _driver_connection(session: AsyncSession) -> AsyncConnection[Any]:
+    """The session's own psycopg connection (the session must be in autocommit mode)."""
+    fairy = await (await session.connection()).get_raw_connection()
+    driver: AsyncConnection[Any] | None = fairy.driver_connection
+    assert driver is not None  # None only once the pooled connection was invalidated
+    return driver
 
 
 async def _run(conn: AsyncConnection[Any], params: dict[str, Any]) -> tuple[Any, Any]:
@@ -259,13 +286,19 @@ def _fingerprint(request: OrderRequest) -> str:
 
 
 async def _replay(
-    session: AsyncSession, request: OrderRequest, order_id: int | None, stored: str, fingerprint: str | None
+    reads: async_sessionmaker[AsyncSession] | AsyncSession,
+    request: OrderRequest,
+    order_id: int | None,
+    stored: str,
+    fingerprint: str | None,
 ) -> Intake:
     assert request.idempotency_key is not None  # a prior row is only found for a key
     if order_id is None or stored != fingerprint:
         raise IdempotencyKeyReused(request.idempotency_key)
-    order = await session.run_sync(service.get_order, order_id)
-    return Intake(order, replayed=True)
+    if isinstance(reads, AsyncSession):
+        return Intake(await reads.run_sync(service.get_order, order_id), replayed=True)
+    async with reads() as session:
+        return Intake(await session.run_sync(service.get_order, order_id), replayed=True)
 
 
 def _products(items: list[list[Any]] | None) -> dict[int, _Product]:
