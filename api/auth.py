@@ -46,7 +46,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.config import Settings
 from core.errors import (
-    CredentialsRequired,
     EmptyBearerToken,
     MalformedCredentials,
     UnsupportedScheme,
@@ -89,9 +88,6 @@ bearer_scheme = HTTPBearer(
     auto_error=False,
 )
 
-#: `CredentialsRequired`'s sentence, for `api.deps`, which still raises `Unauthorized(MISSING_MESSAGE)`
-#: (raising `CredentialsRequired()` there is the same answer).
-MISSING_MESSAGE = CredentialsRequired.sentence()
 #: Verified bearer tokens remembered per process (each until its `exp`).
 TOKEN_CACHE_SIZE = 10_000
 

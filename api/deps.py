@@ -12,9 +12,9 @@ from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import State
 
-from api.auth import MISSING_MESSAGE, authenticate, basic_scheme, bearer_scheme
+from api.auth import authenticate, basic_scheme, bearer_scheme
 from core.db import bind_statement_pool
-from core.errors import RoleRequired, TokenUserGone, Unauthorized
+from core.errors import CredentialsRequired, RoleRequired, TokenUserGone
 from core.orders.intake import StatementUnit
 from core.types import MAX_ID, DecimalDigits
 from core.uow import Effects, take_effects
@@ -161,7 +161,7 @@ async def optional_principal(
 
 def _required(principal: Principal | None) -> Principal:
     if principal is None:
-        raise Unauthorized(MISSING_MESSAGE)
+        raise CredentialsRequired()
     return principal
 
 

@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from api import metrics
-from workers.celery_app import enqueue_reserve_orders
 
 log = logging.getLogger("orderflow.api")
 
@@ -37,10 +36,10 @@ class OrderDispatcher:
 
     def __init__(
         self,
-        send: Callable[[list[int]], bool] | Callable[[list[int]], Awaitable[bool]] = enqueue_reserve_orders,
+        send: Callable[[list[int]], bool] | Callable[[list[int]], Awaitable[bool]],
         *,
-        window: float = 0.02,
-        max_batch: int = 100,
+        window: float,
+        max_batch: int,
         cooldown: float = 5.0,
     ) -> None:
         self._send = send

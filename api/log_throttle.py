@@ -1,7 +1,7 @@
 """One rule for the API's Redis fault warnings: each component logs at most one every
 `EVERY_SECONDS` (30), so that a Redis outage under load costs a line per half minute, not one per
-request. Used by the after-commit effects (`api.effects`) and the listing cache
-(`api.listing_cache`)."""
+request. Used by the after-commit effects (`api.effects`), the listing cache (`api.listing_cache`)
+and the store rate limit (`api.ratelimit`, which fails open)."""
 
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import metrics
 from api.errors import InternalError, PayloadTooLarge, RateLimitExceeded, is_store_path, send_error
+from api.log_throttle import LogThrottle
 from api.middleware import header
 from core import redisconn
 from core.config import Settings
@@ -40,8 +41,6 @@ log = logging.getLogger("orderflow.ratelimit")
 MAX_BODY_BYTES = 1024 * 1024
 #: Longest `manager_id` used as a rate-limit key; a longer one counts as no manager id.
 MAX_MANAGER_ID_CHARS = 64
-#: At most one "limiter unavailable" warning per this many seconds.
-WARN_EVERY_SECONDS = 30.0
 
 
 def limiter_key_prefix(cfg: Settings) -> str:
@@ -152,7 +151,7 @@ class StoreRateLimitMiddleware:
         self._redis: aioredis.Redis | None = None
         self._limiter: MovingWindowRateLimiter | None = None
         self._availability: redisconn.Availability | None = None
-        self._last_warning = -math.inf
+        self._warnings = LogThrottle(log)
 
     def limiter_for(self, state: State) -> MovingWindowRateLimiter:
         """The limiter on the back-end in `state` (the app's, set by its lifespan), made on first use
@@ -244,7 +243,6 @@ class StoreRateLimitMiddleware:
         """Count one request for `key` on the back-end in `state` (the app's); None when the storage
         is unreachable, did not answer within `REDIS_TIMEOUT_SECONDS`, or is being skipped after such a
         failure (fail open)."""
-        now = time.monotonic()
         limiter = self.limiter_for(state)
         if self._availability is not None and self._availability.skipping:
             metrics.store_rate_limit_unavailable.inc()
@@ -257,13 +255,11 @@ class StoreRateLimitMiddleware:
             if self._availability is not None:
                 self._availability.failed()
             metrics.store_rate_limit_unavailable.inc()
-            if now - self._last_warning >= WARN_EVERY_SECONDS:
-                self._last_warning = now
-                log.warning(
-                    "store rate limit unavailable, serving without it (fail open): %s",
-                    exc or type(exc).__name__,
-                    extra={"error": type(exc).__name__},
-                )
+            self._warnings.warning(
+                "store rate limit unavailable, serving without it (fail open): %s",
+                exc or type(exc).__name__,
+                extra={"error": type(exc).__name__},
+            )
             return None
         window = self.item.get_expiry()
         reset = min(window, max(1, math.ceil(stats.reset_time - time.time())))

@@ -7,7 +7,11 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import pytest
+
 from api.dispatch import OrderDispatcher
+
+pytestmark = pytest.mark.pure
 
 
 class Recorder:
@@ -56,7 +60,7 @@ async def test_a_full_batch_is_published_at_once_and_the_rest_waits_for_the_wind
 
 async def test_a_failed_publish_opens_the_breaker_until_the_cooldown_ends():
     send = Recorder([False, True])
-    dispatcher = OrderDispatcher(send, window=0, cooldown=0.2)
+    dispatcher = OrderDispatcher(send, window=0, max_batch=100, cooldown=0.2)
     dispatcher.submit([1])
     await settle(dispatcher)
     assert dispatcher.is_open
@@ -78,7 +82,7 @@ async def test_a_send_that_raises_counts_as_failed():
     def send(ids: list[int]) -> bool:
         raise ConnectionError("broker down")
 
-    dispatcher = OrderDispatcher(send, window=0, cooldown=5)
+    dispatcher = OrderDispatcher(send, window=0, max_batch=100, cooldown=5)
     dispatcher.submit([1])
     await settle(dispatcher)
     assert dispatcher.is_open

@@ -120,7 +120,8 @@ async def test_prefer_wait_answers_201_with_a_rejection_decided_by_the_worker(cl
 
 async def test_prefer_wait_on_an_order_that_stays_pending_is_the_usual_202(client, app):
     product = await create_product(client, stock=10)
-    app.state.effects.dispatcher = OrderDispatcher(send=lambda ids: True)  # stored, never sent
+    # stored, never sent
+    app.state.effects.dispatcher = OrderDispatcher(lambda ids: True, window=0.02, max_batch=100)
     try:
         started = time.monotonic()
         response = await client.post(
@@ -287,7 +288,7 @@ async def test_effects_on_a_frozen_redis_cost_at_most_their_timeout():
     with silent_server() as port:
         client = aioredis.Redis(host="127.0.0.1", port=port)
         sent: list[list[int]] = []
-        dispatcher = OrderDispatcher(lambda ids: sent.append(ids) or True, window=0)
+        dispatcher = OrderDispatcher(lambda ids: sent.append(ids) or True, window=0, max_batch=100)
         runner = EffectRunner(dispatcher, client, timeout=0.2)
         effects = Effects(
             dispatch=[7],
@@ -312,7 +313,8 @@ async def test_intake_through_an_orm_session_stores_once_per_idempotency_key(cli
     from core.orders.intake import OrderRequest, submit_order
 
     product = await create_product(client, stock=50)
-    app.state.effects.dispatcher = OrderDispatcher(send=lambda ids: True)  # stored, never sent
+    # stored, never sent
+    app.state.effects.dispatcher = OrderDispatcher(lambda ids: True, window=0.02, max_batch=100)
 
     def request(key: str) -> OrderRequest:
         return OrderRequest(

@@ -398,7 +398,7 @@ async def test_rejection_product_not_found_or_another_managers_leaves_stock_unch
 
 def _not_sent(application) -> None:
     """Store orders without sending them (as when the broker is down): they stay pending."""
-    application.state.effects.dispatcher = OrderDispatcher(send=lambda order_ids: True)
+    application.state.effects.dispatcher = OrderDispatcher(lambda order_ids: True, window=0.02, max_batch=100)
 
 
 async def test_still_pending_after_the_wait_is_202_with_location_then_get_polls(anon):

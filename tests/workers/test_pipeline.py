@@ -184,7 +184,7 @@ async def broker_unreachable(app):
     """Give the API a dispatcher whose broker (Redis) is a port nothing listens on, then restore it.
     Yields that dispatcher."""
     dead = aioredis.Redis(host="127.0.0.1", port=6399, socket_connect_timeout=1)
-    dispatcher = OrderDispatcher(AsyncTaskPublisher(dead, timeout=1), window=0)
+    dispatcher = OrderDispatcher(AsyncTaskPublisher(dead, timeout=1), window=0, max_batch=100)
     app.state.effects.dispatcher = dispatcher
     try:
         yield dispatcher
