@@ -1,6 +1,8 @@
 """The inventory (STYLE.md rule 11): the stock rules and the only writes to the stock movement ledger.
 
-`reserve` (the worker's reservation and why an order cannot be reserved), `release` (a cancelled
+`decide` and `record` (the worker's batch reservation: what the stock covers, then the stock, the
+ledger and the orders' outcomes in one statement), `reserve` (decide and write the stock alone),
+`unorderable` (why an order cannot be reserved), `release` (a cancelled
 confirmed order), `adjust`/`open_stock`/`increment`/`decrement` (the core API's and the store's stock
 writes) live in `core.inventory.stock`; their SQL and the ledger's reads in
 `core.inventory.repository`.
@@ -12,11 +14,14 @@ from core.inventory.repository import ledger_sum, list_movements
 from core.inventory.stock import (
     WORKER_ACTOR,
     OrderLines,
+    Reservation,
     adjust,
+    decide,
     decrement,
     increment,
     open_stock,
     open_stocks,
+    record,
     release,
     reserve,
     unorderable,
@@ -25,13 +30,16 @@ from core.inventory.stock import (
 __all__ = [
     "WORKER_ACTOR",
     "OrderLines",
+    "Reservation",
     "adjust",
+    "decide",
     "decrement",
     "increment",
     "ledger_sum",
     "list_movements",
     "open_stock",
     "open_stocks",
+    "record",
     "release",
     "reserve",
     "unorderable",

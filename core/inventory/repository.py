@@ -5,17 +5,19 @@ most; the edge commits (STYLE.md rule 1)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, String, any_, bindparam, column, func, insert, select, update
+from sqlalchemy import Integer, String, any_, bindparam, column, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from core.db import UTCDateTime, utcnow
+from core.orders.models import Order
 from core.products import cache
-from core.products.models import Product, StockMovement
+from core.products.models import MovementReason, Product, StockMovement
 from core.products.repository import MAX_STOCK
 
 
@@ -107,6 +109,87 @@ _MOVEMENT_ROWS = (
 _ADD_MOVEMENTS_PG = insert(StockMovement).from_select(
     list(_MOVEMENT_COLUMNS), select(*(_MOVEMENT_ROWS.c[name] for name in _MOVEMENT_COLUMNS))
 )
+
+
+# The worker's batch as one statement (`record_reservation`): the stock of the products that changed,
+# one `reservation` ledger row per reserved line, and the orders' outcomes, as data-modifying CTEs. The
+# rows it writes are all locked already by this transaction (the orders by `core.orders.repository.lock`,
+# the products by `lock_for_reservation`), and the ledger's foreign-key checks take KEY SHARE locks on
+# those same rows, so it waits on no one and adds nothing to the lock order. Every part of a data-
+# modifying WITH sees the same snapshot; the three touch three different tables. Ledger ids follow the
+# order of the arrays (order id, then product id), as the separate INSERT gave them.
+_RECORD_RESERVATION_PG = text(
+    """
+WITH new_stock AS (
+    UPDATE products SET stock = v.stock, updated_at = :at
+    FROM unnest(CAST(:pids AS integer[]), CAST(:stocks AS integer[])) AS v(id, stock)
+    WHERE products.id = v.id
+), ledger AS (
+    INSERT INTO stock_movements (product_id, delta, stock_after, reason, order_id, actor, at)
+    SELECT m.product_id, m.delta, m.stock_after, :reason, m.order_id, :actor, :at
+    FROM unnest(
+        CAST(:m_pids AS integer[]), CAST(:m_deltas AS integer[]),
+        CAST(:m_stocks AS integer[]), CAST(:m_orders AS integer[])
+    ) AS m(product_id, delta, stock_after, order_id)
+)
+UPDATE orders SET status = o.status, error = CAST(o.error AS json), attempts = orders.attempts + 1,
+    processed_at = :at, updated_at = :at
+FROM unnest(CAST(:o_ids AS integer[]), CAST(:o_statuses AS text[]), CAST(:o_errors AS text[]))
+    AS o(id, status, error)
+WHERE orders.id = o.id
+"""
+).bindparams(bindparam("at", type_=UTCDateTime()))
+_RECORD_OUTCOME_SQLITE = (
+    update(Order)
+    .where(Order.id == bindparam("oid"))
+    .values(
+        status=bindparam("new_status"),
+        error=bindparam("new_error", type_=Order.__table__.c.error.type),
+        attempts=Order.attempts + 1,
+        processed_at=bindparam("now"),
+        updated_at=bindparam("now"),
+    )
+)
+
+
+def record_reservation(
+    session: Session,
+    stocks: dict[int, int],
+    movements: Sequence[tuple[int, int, int, int]],
+    outcomes: Sequence[tuple[int, str, dict[str, Any] | None]],
+    at: datetime,
+    actor: str,
+) -> None:
+    """The worker batch's writes in one PostgreSQL statement: the new stock of each product of
+    `stocks` (`{product_id: stock}`, `updated_at` = `at`), one `reservation` ledger row per movement
+    `(product_id, delta, stock_after, order_id)` (by `actor`, at `at`), and each order's outcome
+    `(order_id, status, error object or None)`: status, error, one more attempt, processed and
+    updated at `at`. Every row must be locked by this transaction already. Database errors
+    propagate."""
+    params = {
+        "pids": list(stocks),
+        "stocks": list(stocks.values()),
+        "m_pids": [m[0] for m in movements],
+        "m_deltas": [m[1] for m in movements],
+        "m_stocks": [m[2] for m in movements],
+        "m_orders": [m[3] for m in movements],
+        "reason": MovementReason.RESERVATION,
+        "actor": actor,
+        "o_ids": [o[0] for o in outcomes],
+        "o_statuses": [o[1] for o in outcomes],
+        "o_errors": [None if o[2] is None else json.dumps(o[2]) for o in outcomes],
+        "at": at,
+    }
+    session.connection().execute(_RECORD_RESERVATION_PG, params)
+
+
+def record_outcomes(
+    session: Session, outcomes: Sequence[tuple[int, str, dict[str, Any] | None]], at: datetime
+) -> None:
+    """SQLite's part of `record_reservation` for the orders: one UPDATE per outcome."""
+    if outcomes:
+        rows = [{"oid": o, "new_status": s, "new_error": e, "now": at} for o, s, e in outcomes]
+        session.connection().execute(_RECORD_OUTCOME_SQLITE, rows)
 
 
 def _on_postgresql(session: Session) -> bool:

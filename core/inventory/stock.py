@@ -78,53 +78,102 @@ class OrderLines:
     lines: list[tuple[int, int]] = field(default_factory=list)
 
 
-def reserve(
-    session: Session, orders: Mapping[int, OrderLines], at: datetime, actor: str = WORKER_ACTOR
-) -> dict[int, DomainError | None]:
-    """Take the stock of `orders` (`{order_id: OrderLines}`, in order-id order), each all lines or
-    none ("Processing guarantees"), and return `{order_id: None (reserved) or the reason it was not}`
-    in the same order.
+@dataclass
+class Reservation:
+    """What `decide` took from the locked stock, not yet written: `decisions` (`{order_id: None
+    (reserved) or the reason it was not}`, in order-id order), `stocks` (`{product_id: new stock}` of
+    the products that changed), `movements` (one `(product_id, delta, stock_after, order_id)` per
+    reserved line, `stock_after` in sequence) and `managers` (whose listings the change touches)."""
 
-    Every product the orders name is locked in one statement, in ascending id order; the orders are
-    then decided one by one against the locked rows with the remaining stock kept in memory. The
-    first failing line, in product-id order, is the reason (`unorderable`): a missing, deleted, or
-    (for a store order) another manager's product is ProductNotFound; a discontinued one
-    ProductDiscontinued; too little stock left InsufficientStock with the units left now. The
-    reserved lines then cost two statements on PostgreSQL: the new stock of the products that
-    changed (`updated_at` = `at`), and one `reservation` ledger row per line (`stock_after` in
-    sequence, actor `actor`). The managers whose stock changed have their listing cache invalidated
-    after the commit. The caller must already hold the orders' locks."""
+    decisions: dict[int, DomainError | None] = field(default_factory=dict)
+    stocks: dict[int, int] = field(default_factory=dict)
+    movements: list[tuple[int, int, int, int]] = field(default_factory=list)
+    managers: set[str | None] = field(default_factory=set)
+
+
+def decide(session: Session, orders: Mapping[int, OrderLines]) -> Reservation:
+    """Lock the products `orders` (`{order_id: OrderLines}`, in order-id order) name and decide each
+    order, all lines or none ("Processing guarantees"), without writing anything.
+
+    Every product is locked in one statement, in ascending id order; the orders are then decided one
+    by one against the locked rows with the remaining stock kept in memory. The first failing line,
+    in product-id order, is the reason (`unorderable`): a missing, deleted, or (for a store order)
+    another manager's product is ProductNotFound; a discontinued one ProductDiscontinued; too little
+    stock left InsufficientStock with the units left now. The caller must already hold the orders'
+    locks, and writes the result with `reserve` or `record`."""
     product_ids = sorted({pid for order in orders.values() for pid, _ in order.lines})
     products = repo.lock_for_reservation(session, product_ids)
     remaining = {pid: row.stock for pid, row in products.items()}
     live = {pid: row for pid, row in products.items() if row.deleted_at is None}
 
-    decisions: dict[int, DomainError | None] = {}
-    movements: list[dict[str, Any]] = []
+    taken = Reservation()
+    decisions, movements = taken.decisions, taken.movements
     for order_id, order in orders.items():
         error = unorderable(order.lines, live, order.manager_id, remaining)
         decisions[order_id] = error
         if error is not None:
             continue
         for product_id, quantity in order.lines:
-            remaining[product_id] -= quantity
-            movements.append(
-                {
-                    "product_id": product_id,
-                    "delta": -quantity,
-                    "stock_after": remaining[product_id],
-                    "reason": MovementReason.RESERVATION,
-                    "order_id": order_id,
-                    "actor": actor,
-                    "at": at,
-                }
-            )
+            stock_after = remaining[product_id] = remaining[product_id] - quantity
+            movements.append((product_id, -quantity, stock_after, order_id))
+    if movements:
+        taken.stocks = {pid: stock for pid, stock in remaining.items() if stock != products[pid].stock}
+        taken.managers = {products[pid].manager_id for pid in taken.stocks}
+    return taken
 
-    changed = {pid: stock for pid, stock in remaining.items() if stock != products[pid].stock}
-    repo.set_stocks(session, changed, at)
-    repo.add_movements(session, movements)
-    cache.touch(session, *{products[pid].manager_id for pid in changed})
-    return decisions
+
+def reserve(
+    session: Session, orders: Mapping[int, OrderLines], at: datetime, actor: str = WORKER_ACTOR
+) -> dict[int, DomainError | None]:
+    """`decide` the orders and write what they took: the new stock of the products that changed
+    (`updated_at` = `at`), and one `reservation` ledger row per line (`stock_after` in sequence,
+    actor `actor`), one statement each on PostgreSQL. Returns `decide`'s decisions. The managers
+    whose stock changed have their listing cache invalidated after the commit. The caller must
+    already hold the orders' locks."""
+    taken = decide(session, orders)
+    repo.set_stocks(session, taken.stocks, at)
+    repo.add_movements(session, _ledger_rows(taken, at, actor))
+    cache.touch(session, *taken.managers)
+    return taken.decisions
+
+
+def record(
+    session: Session,
+    taken: Reservation,
+    outcomes: Sequence[tuple[int, str, dict[str, Any] | None]],
+    at: datetime,
+    actor: str = WORKER_ACTOR,
+) -> None:
+    """Write what `decide` took and the orders' outcomes `(order_id, status, error object or None)`
+    (status, error, one more attempt, processed and updated at `at`): the worker's batch. On
+    PostgreSQL one statement (`repo.record_reservation`) whatever the batch's size, instead of one per
+    table. Ledger rows and stock as `reserve` writes them; listings invalidated after the commit."""
+    if _on_postgresql(session):
+        repo.record_reservation(session, taken.stocks, taken.movements, outcomes, at, actor)
+    else:
+        repo.set_stocks(session, taken.stocks, at)
+        repo.add_movements(session, _ledger_rows(taken, at, actor))
+        repo.record_outcomes(session, outcomes, at)
+    cache.touch(session, *taken.managers)
+
+
+def _on_postgresql(session: Session) -> bool:
+    return session.connection().dialect.name == "postgresql"
+
+
+def _ledger_rows(taken: Reservation, at: datetime, actor: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "product_id": product_id,
+            "delta": delta,
+            "stock_after": stock_after,
+            "reason": MovementReason.RESERVATION,
+            "order_id": order_id,
+            "actor": actor,
+            "at": at,
+        }
+        for product_id, delta, stock_after, order_id in taken.movements
+    ]
 
 
 # --- release --------------------------------------------------------------------------------------

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal, overload
 
 from sqlalchemy import (
-    JSON,
     Integer,
     Row,
-    String,
-    Text,
     any_,
     bindparam,
-    cast,
-    column,
     func,
     insert,
     outerjoin,
@@ -26,7 +20,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from core.db import UTCDateTime
 from core.orders.models import IdempotencyKey, Order, OrderLine, OrderStatus
 
 
@@ -73,37 +66,6 @@ _ORDERS = select(Order).order_by(Order.id).execution_options(populate_existing=T
 _LOCK_ORDERS_PG = _ORDERS.where(_PG_IDS).with_for_update(of=Order.__table__, key_share=True)
 _LOCK_ORDERS_SQLITE = _ORDERS.where(_SQLITE_IDS)
 
-_OUTCOMES = (
-    func.unnest(
-        bindparam("ids", type_=_INT_ARRAY),
-        bindparam("statuses", type_=postgresql.ARRAY(String)),
-        bindparam("errors", type_=postgresql.ARRAY(Text)),
-    )
-    .table_valued(column("id", Integer), column("status", String), column("error", Text))
-    .render_derived(name="v")
-)
-_RECORD_OUTCOMES_PG = (
-    update(Order)
-    .where(Order.id == _OUTCOMES.c.id)
-    .values(
-        status=_OUTCOMES.c.status,
-        error=cast(_OUTCOMES.c.error, JSON),
-        attempts=Order.attempts + 1,
-        processed_at=bindparam("now", type_=UTCDateTime()),
-        updated_at=bindparam("now", type_=UTCDateTime()),
-    )
-)
-_RECORD_OUTCOME_SQLITE = (
-    update(Order)
-    .where(Order.id == bindparam("oid"))
-    .values(
-        status=bindparam("new_status"),
-        error=bindparam("new_error", type_=Order.__table__.c.error.type),
-        attempts=Order.attempts + 1,
-        processed_at=bindparam("now"),
-        updated_at=bindparam("now"),
-    )
-)
 _CURRENT_OUTCOME = select(Order.status, Order.error, Order.updated_at).where(Order.id == bindparam("oid"))
 
 
@@ -139,27 +101,6 @@ def lock(
         rows: list[LockedLine] = list(conn.execute(stmt, params))
         return rows
     return list(session.execute(_LOCK_ORDERS_PG if pg else _LOCK_ORDERS_SQLITE, params).scalars())
-
-
-def record_outcomes(
-    session: Session, outcomes: Sequence[tuple[int, str, dict[str, Any] | None]], at: datetime
-) -> None:
-    """Record the worker's decisions `(order_id, status, error object or None)`: status, error, one
-    more attempt, processed/updated at `at`. One `UPDATE ... FROM unnest(...)` on PostgreSQL."""
-    if not outcomes:
-        return
-    conn = session.connection()
-    if conn.dialect.name == "postgresql":
-        params = {
-            "ids": [order_id for order_id, _, _ in outcomes],
-            "statuses": [status for _, status, _ in outcomes],
-            "errors": [None if error is None else json.dumps(error) for _, _, error in outcomes],
-            "now": at,
-        }
-        conn.execute(_RECORD_OUTCOMES_PG, params)
-    else:
-        rows = [{"oid": o, "new_status": s, "new_error": e, "now": at} for o, s, e in outcomes]
-        conn.execute(_RECORD_OUTCOME_SQLITE, rows)
 
 
 def current_outcome(session: Session, order_id: int) -> Row[str, dict[str, Any] | None, datetime] | None:

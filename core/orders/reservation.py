@@ -10,16 +10,17 @@ Rules from CONTRACT.md, "Processing guarantees" and "Orders":
 * Fixed lock order: the orders in id order, then every product the pending orders name in one
   statement, in product-id order. Cancellation locks its order, then its products in id order, so
   no two of them ever wait on each other in a cycle.
-* All lines of an order or none, and stock never below zero: `core.inventory.reserve` decides the
+* All lines of an order or none, and stock never below zero: `core.inventory.decide` decides the
   orders one by one in order-id order against the locked products, with the remaining stock kept
   in memory; the first failing line, in product-id order, gives the rejection's reason
   (`ProductNotFound`, `ProductDiscontinued` or `InsufficientStock`).
 
 Round trips per batch on PostgreSQL: lock the orders with their lines (1), lock the products (1),
-then at most three writes: the new stock of the products that changed, the ledger rows (one
-`reservation` movement per reserved line, `stock_after` in sequence), and the orders' outcomes.
-The SQL lives in `core.orders.repository` and `core.inventory.repository`; on SQLite (the embedded
-default) the same steps run as simple statements.
+then one write (`core.inventory.record`): the new stock of the products that changed, the ledger
+rows (one `reservation` movement per reserved line, `stock_after` in sequence) and the orders'
+outcomes, as one statement of data-modifying CTEs, on rows the two reads locked. The SQL lives in
+`core.orders.repository` and `core.inventory.repository`; on SQLite (the embedded default) the
+same steps run as simple statements.
 
 After the commit the unit of work (`core.uow`) publishes one `OrderOutcome` per decided order and
 invalidates the listing cache of every manager whose products' stock changed.
@@ -49,14 +50,14 @@ def reserve_orders(session: Session, order_ids: Iterable[int]) -> list[OrderOutc
     if not pending:
         return []
     now = utcnow()
-    decisions = inventory.reserve(session, pending, now)
+    taken = inventory.decide(session, pending)
     outcomes = [
         OrderOutcome(order_id, OrderStatus.CONFIRMED.value, None, now)
         if error is None
         else OrderOutcome(order_id, OrderStatus.REJECTED.value, error.to_dict(), now)
-        for order_id, error in decisions.items()
+        for order_id, error in taken.decisions.items()
     ]
-    repo.record_outcomes(session, [(o.order_id, o.status, o.error) for o in outcomes], now)
+    inventory.record(session, taken, [(o.order_id, o.status, o.error) for o in outcomes], now)
     effects_of(session).events.extend(outcomes)
     return outcomes
 
