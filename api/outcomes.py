@@ -13,8 +13,6 @@ with its own short-lived session.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Generic, Protocol, TypeVar
@@ -162,9 +160,7 @@ class SettlingResponse(Response, Generic[S]):
             now = time.monotonic()
             if now >= deadline or not self._in_flight():
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(watch.changed.wait(), min(deadline, recheck_at, now + step) - now)
-            woken = watch.changed.is_set()
+            woken = await watch.wait_changed(min(deadline, recheck_at, now + step) - now)
             watch.changed.clear()
             now = time.monotonic()
             if watch.outcome is not None:

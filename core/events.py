@@ -82,17 +82,48 @@ def decode(payload: bytes | str) -> list[OrderOutcome]:
 @dataclass(eq=False)
 class Watch:
     """One waiting request: `changed` is set when an event for `order_id` arrives; `outcome` holds
-    the newest outcome an event carried (None when none did)."""
+    the newest outcome an event carried (None when none did). `wait_changed` is the quick way to
+    wait for it."""
 
     order_id: int
     loop: asyncio.AbstractEventLoop
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: OrderOutcome | None = None
+    _waiter: asyncio.Future[None] | None = field(default=None, repr=False)
 
     def deliver(self, outcome: OrderOutcome | None) -> None:
+        """Record `outcome` and wake the waiter (on the watch's loop)."""
         if outcome is not None:
             self.outcome = outcome
         self.changed.set()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait_changed(self, seconds: float) -> bool:
+        """Wait at most `seconds` for `changed`; True when it is set (it stays set: the
+        caller clears it). The waiting task awaits one future that `deliver` resolves, so it resumes
+        on the event loop's next pass; `asyncio.wait_for(changed.wait(), seconds)` wraps the wait in
+        a task of its own and resumes the caller two passes later (Python 3.11), each pass as long
+        as everything else the loop has ready, which on a busy API process is milliseconds."""
+        if self.changed.is_set():
+            return True
+        if seconds <= 0:
+            return False
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self._waiter = waiter
+        timer = self.loop.call_later(seconds, _release, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        return self.changed.is_set()
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class LocalHub:
