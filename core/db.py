@@ -14,7 +14,7 @@ from __future__ import annotations
 import select
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -63,6 +63,23 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def pg_array(values: Iterable[int | str | None]) -> str:
+    """`values` as one PostgreSQL array literal (`{1,2,NULL,"a \\"b\\""}`), to bind as a single text
+    parameter and cast in SQL (`CAST(:ids AS integer[])`). psycopg adapts a Python list element by
+    element in Python, about 3 µs per element on this project's machines; this string costs a
+    fraction of that and PostgreSQL parses it in C. Strings are always quoted, with backslashes and
+    double quotes escaped (the array input syntax of the PostgreSQL manual, "Arrays"); None is NULL."""
+    return "{" + ",".join(_array_element(value) for value in values) + "}"
+
+
+def _array_element(value: int | str | None) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, int):
+        return str(value)
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def connect_options(cfg: Settings = settings) -> dict[str, Any]:

@@ -9,8 +9,10 @@ from typing import Any, Literal, overload
 from sqlalchemy import (
     Integer,
     Row,
+    String,
     any_,
     bindparam,
+    cast,
     func,
     insert,
     outerjoin,
@@ -20,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, joinedload, selectinload
 
+from core.db import pg_array
 from core.orders.models import IdempotencyKey, Order, OrderLine, OrderStatus
 
 
@@ -55,7 +58,7 @@ _ORDERS_WITH_LINES = (
 # leaving foreign-key checks (lines, ledger rows, idempotency keys naming the order) unblocked. Two
 # transactions locking overlapping sets of orders therefore wait on each other in one order and
 # cannot deadlock. SQLite ignores row locks: its `BEGIN IMMEDIATE` transactions already serialise.
-_PG_IDS = Order.id == any_(bindparam("ids", type_=_INT_ARRAY))
+_PG_IDS = Order.id == any_(cast(bindparam("ids", type_=String), _INT_ARRAY))  # a `pg_array` literal
 _SQLITE_IDS = Order.id.in_(bindparam("ids", expanding=True))
 _LOCK_ORDERS_WITH_LINES_PG = _ORDERS_WITH_LINES.where(_PG_IDS).with_for_update(
     of=Order.__table__, key_share=True
@@ -95,7 +98,7 @@ def lock(
         return []
     conn = session.connection()
     pg = conn.dialect.name == "postgresql"
-    params = {"ids": list(order_ids)}
+    params = {"ids": pg_array(order_ids) if pg else list(order_ids)}
     if with_lines:
         stmt = _LOCK_ORDERS_WITH_LINES_PG if pg else _LOCK_ORDERS_WITH_LINES_SQLITE
         rows: list[LockedLine] = list(conn.execute(stmt, params))
