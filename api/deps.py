@@ -53,14 +53,22 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         bind_statement_pool(session.sync_session, state.statement_pool)
         request.scope[_REQUEST_SESSION] = session
         try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
+            async with _committed(session):
+                yield session
         finally:
             request.scope.pop(_REQUEST_SESSION, None)
         await _run_effects(state, take_effects(session.sync_session))
+
+
+@asynccontextmanager
+async def _committed(session: AsyncSession) -> AsyncIterator[None]:
+    """Commit `session` when the block ends without an exception; roll it back otherwise."""
+    try:
+        yield
+        await session.commit()
+    except BaseException:
+        await session.rollback()
+        raise
 
 
 async def _run_effects(state: State, effects: Effects) -> None:
@@ -85,12 +93,8 @@ async def intake_unit(request: Request) -> AsyncIterator[AsyncSession | Statemen
         await _run_effects(state, unit.effects)
         return
     async with state.sessionmaker() as session:
-        try:
+        async with _committed(session):
             yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
         await _run_effects(state, take_effects(session.sync_session))
 
 
