@@ -8,6 +8,7 @@ The test database and Redis db are chosen here, before any orderflow module read
 from __future__ import annotations
 
 import os
+import sys
 
 ADMIN_DSN = os.environ.get("TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 # Unique per run, so that concurrent runs on one machine never share a database or a queue.
@@ -18,10 +19,20 @@ os.environ["DATABASE_URL"] = os.environ.get(
     "TEST_DATABASE_URL", f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEST_DB}"
 )
 os.environ["REDIS_URL"] = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# The run starts many Python processes (Celery workers, API servers, the CLI): let each read and
+# write the bytecode of orderflow's own modules instead of compiling them again, even where the
+# environment turns caches off (PYTHONDONTWRITEBYTECODE). The dependencies' bytecode comes from
+# `uv sync` (`compile-bytecode` in pyproject.toml).
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 os.environ["ENVIRONMENT"] = "test"
 os.environ["LOG_LEVEL"] = "WARNING"
 os.environ["ORDER_SWEEP_INTERVAL_SECONDS"] = "3600"  # sweeps are run by the tests themselves
 os.environ["JWT_SECRET_KEY"] = "test-secret-key-of-at-least-32-bytes-long"
+# Smaller pools than a production process keeps: a parallel run (`-n 4`) holds four test processes,
+# their API apps, Celery workers and servers on one PostgreSQL (max_connections 100 by default).
+os.environ.setdefault("DB_POOL_SIZE", "4")
+os.environ.setdefault("DB_MAX_OVERFLOW", "6")
 os.environ["BCRYPT_ROUNDS"] = "4"  # the cost is a setting; tests that measure it set their own
 for _name in ("FIRST_ADMIN_USERNAME", "FIRST_ADMIN_PASSWORD", "STORE_REQUIRE_AUTH"):
     os.environ.pop(_name, None)
@@ -29,7 +40,6 @@ for _name in ("FIRST_ADMIN_USERNAME", "FIRST_ADMIN_PASSWORD", "STORE_REQUIRE_AUT
 import asyncio  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
@@ -54,6 +64,9 @@ from workers.celery_app import ORDERS_QUEUE, ORDERS_QUEUE_KEY  # noqa: E402
 
 #: Worker subprocess logs of this run; removed at the end unless the run failed.
 LOG_DIR = Path(tempfile.mkdtemp(prefix=f"orderflow-tests-{RUN_ID}-"))
+
+#: Set while the session's `celery_worker` runs (it consumes the orders queue between tests).
+_session_worker_running = False
 
 TABLES = ["audit_log", "stock_movements", "idempotency_keys", "order_lines", "orders", "products", "users"]
 
@@ -89,36 +102,52 @@ def database() -> Iterator[None]:
 
 
 def _wait_for_empty_queue(timeout: float = 5) -> None:
-    """Block (at most `timeout` seconds) until no message of an earlier test waits in the orders
-    queue, so that the session's worker does not reserve a new order that reused its id."""
+    """Block (at most `timeout` seconds) until the session's worker has taken every message of an
+    earlier test from the orders queue, so that it does not reserve a new order that reused its id.
+    Without a session worker nothing consumes the queue: `_clear_redis` drops what is left."""
+    if not _session_worker_running:
+        return
     client = redis.Redis.from_url(settings.redis_url)
     try:
         deadline = time.monotonic() + timeout
         while client.llen(ORDERS_QUEUE_KEY) and time.monotonic() < deadline:
-            time.sleep(0.02)
+            time.sleep(0.01)
     finally:
         client.close()
 
 
-def _truncate() -> None:
-    """TRUNCATE every table; retried when PostgreSQL picks it as a deadlock victim (a worker's
-    transaction that was still running gets its locks first)."""
-    for attempt in range(3):
+def _empty_tables() -> None:
+    """Empty every table and restart its id sequence, as `TRUNCATE ... RESTART IDENTITY` would, for
+    1 ms instead of 15-25 ms: the ACCESS EXCLUSIVE locks make it wait, like TRUNCATE, for a worker
+    transaction still running from the previous test, and the DELETEs then see everything it wrote.
+    That worker can hold a lock this needs while waiting for one this took: PostgreSQL then aborts one
+    of them. The deadlock check runs after 20 ms here instead of the server's 1 s, and the emptying
+    is retried."""
+    for attempt in range(20):
         try:
             with get_sync_engine().begin() as conn:
-                conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+                conn.execute(text("SET LOCAL deadlock_timeout = '20ms'"))
+                conn.execute(text(f"LOCK TABLE {', '.join(TABLES)} IN ACCESS EXCLUSIVE MODE"))
+                for table in TABLES:  # children first: the foreign keys are checked per statement
+                    conn.execute(text(f"DELETE FROM {table}"))
+                    conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 1, false)"))
             return
         except OperationalError as exc:
-            if attempt == 2 or not isinstance(exc.orig, psycopg.errors.DeadlockDetected):
+            if attempt == 19 or not isinstance(exc.orig, psycopg.errors.DeadlockDetected):
                 raise
-            time.sleep(0.2)
+            time.sleep(0.02)
 
 
 @pytest.fixture(autouse=True)
-def clean_state(database: None) -> Iterator[None]:
-    """Every test starts with empty tables and an empty Redis db."""
+def clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test starts with empty tables and an empty Redis db; a test marked `pure` touches
+    neither and gets no database at all."""
+    if request.node.get_closest_marker("pure") is not None:
+        yield
+        return
+    request.getfixturevalue("database")
     _wait_for_empty_queue()
-    _truncate()
+    _empty_tables()
     with get_sync_engine().begin() as conn:
         conn.execute(
             text(
@@ -139,6 +168,8 @@ def _hash(password: str) -> str:
 @dataclass(frozen=True)
 class TestUser:
     """A user made for a test, with ready `Authorization` headers."""
+
+    __test__ = False  # a helper, not a test class, wherever it is imported
 
     id: int
     username: str
@@ -302,13 +333,61 @@ def stop_worker_process(proc: subprocess.Popen, timeout: float = 15) -> None:
 @pytest.fixture(scope="session")
 def celery_worker(database: None) -> Iterator[subprocess.Popen]:
     """A real Celery worker (2 prefork processes) consuming the orders queue on the real Redis."""
+    global _session_worker_running
     proc = start_worker_process()
+    _session_worker_running = True
     yield proc
+    _session_worker_running = False
     stop_worker_process(proc)
 
 
+#: Test files that take longest (whole stacks, faults that last 10-45 s, fuzzing, visibility
+#: timeouts), run first: a parallel run hands them out at its start instead of waiting on one at its end.
+SLOW_FIRST = (
+    "tests/faults/",
+    "tests/fuzz/",
+    "tests/test_readme.py",
+    "tests/core/test_reservation_properties.py",
+    "tests/workers/",
+    "tests/api/test_redis_frozen.py",
+    "tests/test_embedded.py",
+    "tests/test_docs_browser.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid
+        return next((i for i, prefix in enumerate(SLOW_FIRST) if path.startswith(prefix)), len(SLOW_FIRST))
+
+    items.sort(key=rank)  # stable: the order within a file is kept
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests.faults.run import LINES
+
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller prints the fault lines
+        workeroutput["fault_lines"] = list(LINES)
     if exitstatus == 0:
         shutil.rmtree(LOG_DIR, ignore_errors=True)
     else:
         print(f"\nworker logs of this run: {LOG_DIR}")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """xdist's controller: keep the fault lines a worker reported (see `pytest_sessionfinish`)."""
+    from tests.faults.run import LINES
+
+    LINES.extend(getattr(node, "workeroutput", {}).get("fault_lines", []))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault suite's one line per fault (tests/faults/run.py), in CI output without `-s`."""
+    from tests.faults.run import LINES
+
+    if LINES:
+        terminalreporter.write_sep("=", "fault suite: one line per fault")
+        for line in LINES:
+            terminalreporter.write_line(line)

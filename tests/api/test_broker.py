@@ -5,18 +5,21 @@ publish its timeout only."""
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import time
 
 import pytest
 import redis
 import redis.asyncio as aioredis
+from celery import Celery
 
 from api.broker import AsyncTaskPublisher, reserve_orders_message
 from core.config import settings
 from tests.api.test_order_pipeline import silent_server
 from tests.workers import helpers
-from workers.celery_app import ORDERS_QUEUE_KEY, enqueue_reserve_orders
+from workers.celery_app import ORDERS_QUEUE, RESERVE_ORDERS
+from workers.celery_app import app as celery_app
 
 #: Values that differ between any two messages (ids, the sender's name).
 _PER_MESSAGE = {"id", "root_id", "origin", "correlation_id", "delivery_tag", "reply_to"}
@@ -32,13 +35,19 @@ def _shape(payload: bytes) -> dict:
 
 
 def test_the_message_is_the_one_send_task_publishes():
+    # Celery publishes with this app's settings under a key prefix of its own, which no worker of
+    # this run consumes (a running session worker would take the message off the orders queue).
+    probe = Celery("orderflow-probe", broker=settings.broker_url, set_as_current=False)
+    probe.conf.update(copy.deepcopy(dict(celery_app.conf.changes)))
+    prefix = f"{settings.redis_key_prefix}probe:"
+    probe.conf.broker_transport_options["global_keyprefix"] = prefix
     client = redis.Redis.from_url(settings.redis_url)
     try:
-        client.delete(ORDERS_QUEUE_KEY)
-        assert enqueue_reserve_orders([3, 1, 2])
-        celery_payload = client.rpop(ORDERS_QUEUE_KEY)
+        probe.send_task(RESERVE_ORDERS, args=([3, 1, 2],), queue=ORDERS_QUEUE)
+        celery_payload = client.rpop(f"{prefix}{ORDERS_QUEUE}")
     finally:
         client.close()
+        probe.close()
     assert celery_payload is not None
     ours = _shape(reserve_orders_message([3, 1, 2]))
     theirs = _shape(celery_payload)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import logging
 import time
 
+import pytest
+
 from api.log_throttle import EVERY_SECONDS, LogThrottle
+
+pytestmark = pytest.mark.pure
 
 
 def test_the_first_warning_passes_and_the_next_waits_for_the_period(caplog):

@@ -17,6 +17,8 @@ from api.routes.orders import render_order
 from core.orders.intake import LineView, OrderView
 from core.orders.schemas import OrderRead
 
+pytestmark = pytest.mark.pure
+
 NOW = datetime(2026, 11, 30, 12, 34, 56, 789012, tzinfo=UTC)
 
 

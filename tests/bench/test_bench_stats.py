@@ -22,6 +22,8 @@ from bench.stats import (
     summarize_latencies,
 )
 
+pytestmark = pytest.mark.pure
+
 # --- percentiles -----------------------------------------------------------------------------
 
 

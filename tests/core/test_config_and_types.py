@@ -12,6 +12,8 @@ from pydantic import BaseModel, ValidationError
 from core.config import Settings
 from core.types import Id, Money, Quantity, money
 
+pytestmark = pytest.mark.pure
+
 PG = "postgresql+psycopg://user:pass@db.example:5432/orderflow"
 
 

@@ -11,6 +11,8 @@ from core.orders.schemas import OrderCreate, merge_lines, over_quantity_limit
 from core.store.schemas import ProcessOrderRequest
 from core.types import MAX_QUANTITY
 
+pytestmark = pytest.mark.pure
+
 HALF = MAX_QUANTITY // 2 + 1  # two lines of this for one product exceed the limit
 
 

@@ -8,7 +8,6 @@ change to the table that the contract does not allow fails here. Pure functions:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -18,11 +17,7 @@ from core.orders import states
 from core.orders.models import Order
 from core.orders.states import OrderStatus
 
-
-@pytest.fixture(autouse=True)
-def clean_state() -> Iterator[None]:
-    """Overrides the suite's per-test truncate: nothing here touches a database."""
-    yield
+pytestmark = pytest.mark.pure
 
 
 PENDING, CONFIRMED, COMPLETED, REJECTED, CANCELLED, FAILED = (

@@ -1,5 +1,6 @@
-"""Fixtures of the fault suite: one private stack for the module (see stack.py), torn down by pid,
-and the per-fault report lines in the terminal summary, so CI output shows them without `-s`."""
+"""Fixtures of the fault suite: one private stack for the module (see stack.py), torn down by pid.
+The per-fault report lines reach the terminal summary through `tests/conftest.py` (which also
+carries them from an xdist worker to the controller)."""
 
 from __future__ import annotations
 
@@ -29,10 +30,3 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             stack.remove()
         else:
             LINES.append(f"the private stack's logs are kept in {stack.base}")
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if LINES:
-        terminalreporter.write_sep("=", "fault suite: one line per fault")
-        for line in LINES:
-            terminalreporter.write_line(line)

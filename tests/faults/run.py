@@ -1,7 +1,7 @@
 """One fault at a time against the private stack: start the load, inject the fault, stop the load,
 wait until every order is final, check the invariants, report one line.
 
-The report lines go to `LINES` (shown in the terminal summary by `tests/faults/conftest.py`, so
+The report lines go to `LINES` (shown in the terminal summary by `tests/conftest.py`, so
 they appear in CI output without `-s`), to stdout, and to `faults-report.txt` in pytest's base
 temporary directory.
 """
