@@ -28,6 +28,8 @@ import time
 from collections import Counter
 from typing import Any
 
+from bench.scratch import scratch_backends
+
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.inprocess", description=__doc__.split("\n\n")[0])
@@ -160,43 +162,16 @@ async def _measure(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    import psycopg
-    import redis
-
-    db = f"orderflow_inproc_{os.getpid()}"
-    prefix = f"inproc{os.getpid()}:"
-    host_part = args.admin_dsn.split("://", 1)[1].rsplit("/", 1)[0]
-    os.environ.update(
-        {
-            "DATABASE_URL": f"postgresql+psycopg://{host_part}/{db}",
-            "REDIS_URL": args.redis_url,
-            "REDIS_KEY_PREFIX": prefix,
-            "JWT_SECRET_KEY": "inprocess-bench-secret-key-of-at-least-32-bytes",
-            "FIRST_ADMIN_USERNAME": "benchadmin",
-            "FIRST_ADMIN_PASSWORD": "bench-admin-password",
-            "STORE_RATE_LIMIT": "1000000/hour",
-            "LOG_LEVEL": args.log_level,
-            "BCRYPT_ROUNDS": "4",
-        }
-    )
-    with psycopg.connect(args.admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{db}"')
-    client = redis.Redis.from_url(args.redis_url)
-    try:
-        from core.migrate import upgrade
-
-        upgrade()
+    settings = {
+        "JWT_SECRET_KEY": "inprocess-bench-secret-key-of-at-least-32-bytes",
+        "FIRST_ADMIN_USERNAME": "benchadmin",
+        "FIRST_ADMIN_PASSWORD": "bench-admin-password",
+        "STORE_RATE_LIMIT": "1000000/hour",
+        "LOG_LEVEL": args.log_level,
+        "BCRYPT_ROUNDS": "4",
+    }
+    with scratch_backends("inproc", args.admin_dsn, args.redis_url, settings):
         asyncio.run(_measure(args))
-    finally:
-        from core.db import dispose_sync_engine
-
-        dispose_sync_engine()
-        with psycopg.connect(args.admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        keys = list(client.scan_iter(f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
     return 0
 
 

@@ -52,6 +52,7 @@ from bench import anchors, procstat
 from bench.client import TRANSPORT_ERRORS, BenchError, Target, create_product, login
 from bench.phases import PRODUCT_PRICE, Product, Run, closed_loop, probe_order, setup_products
 from bench.report import machine_info, plot_sweep, timestamp
+from bench.scratch import celery_worker_command
 from bench.stats import count_by, percentile
 from bench.workers import wait_child_exit
 from bench.wrk import WrkResult, lua_script, ratio, run_wrk, wrk_command
@@ -710,24 +711,7 @@ class StackRun:
             self.procs.stop(self.worker)
             self.worker = None
         node = f"bench-{self.pid}@localhost"
-        command = [
-            str(self.python),
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
-            "worker",
-            "--pool",
-            "prefork",
-            "--concurrency",
-            str(processes),
-            "--loglevel",
-            "warning",
-            "-n",
-            node,
-            "--without-mingle",
-            "--without-gossip",
-        ]
+        command = celery_worker_command(self.python, processes, "warning", node)
         self.worker = self.procs.start(
             f"worker-{processes}",
             command,

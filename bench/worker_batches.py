@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import procstat
+from bench.scratch import celery_worker_command, scratch_backends
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PRODUCTS = 20
@@ -62,24 +63,7 @@ class Worker:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "worker",
-                "--pool",
-                "prefork",
-                "--concurrency",
-                str(concurrency),
-                "--loglevel",
-                "info",
-                "--without-gossip",
-                "--without-mingle",
-                "--hostname",
-                f"wb-{os.getpid()}@localhost",
-            ],
+            celery_worker_command(sys.executable, concurrency, "info", f"wb-{os.getpid()}@localhost"),
             cwd=root,
             env={**os.environ, "PYTHONPATH": str(root)},
             stdin=subprocess.DEVNULL,
@@ -214,33 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     import psycopg
 
-    db = f"orderflow_wb_{os.getpid()}"
-    prefix = f"wb{os.getpid()}:"
-    host_part = args.admin_dsn.split("://", 1)[1].rsplit("/", 1)[0]
-    os.environ.update(
-        {
-            "DATABASE_URL": f"postgresql+psycopg://{host_part}/{db}",
-            "REDIS_URL": args.redis_url,
-            "REDIS_KEY_PREFIX": prefix,
-            "JWT_SECRET_KEY": "worker-batches-bench-secret-of-at-least-32-bytes",
-            "LOG_LEVEL": "WARNING",
-            "ORDER_SWEEP_INTERVAL_SECONDS": "3600",
-            "ORDER_SWEEP_AFTER_SECONDS": "3600",
-        }
-    )
+    settings = {
+        "JWT_SECRET_KEY": "worker-batches-bench-secret-of-at-least-32-bytes",
+        "LOG_LEVEL": "WARNING",
+        "ORDER_SWEEP_INTERVAL_SECONDS": "3600",
+        "ORDER_SWEEP_AFTER_SECONDS": "3600",
+    }
     roots = [Path(r).resolve() for r in args.root] or [PROJECT_ROOT]
-    with psycopg.connect(args.admin_dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{db}"')
-    import redis
-
-    client = redis.Redis.from_url(args.redis_url)
     results: dict[Path, list[dict[str, float]]] = {root: [] for root in roots}
-    try:
-        from core.migrate import upgrade
-
-        upgrade()
-        dsn = f"postgresql://{host_part}/{db}"
-        with psycopg.connect(dsn) as conn:
+    with scratch_backends("wb", args.admin_dsn, args.redis_url, settings) as scratch:
+        with psycopg.connect(scratch.dsn) as conn:
             conn.execute(
                 "INSERT INTO products (name, description, price, stock, low_stock_threshold, discontinued,"
                 " created_at, updated_at) SELECT 'P' || i, '', 1.00, %s, 10, false, now(), now()"
@@ -251,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             rng = random.Random(1)
             for pair in range(args.pairs):
                 for root in roots:
-                    result = _run(args, conn, db, root, rng, pair)
+                    result = _run(args, conn, scratch.db, root, rng, pair)
                     if not result["faults"]:
                         results[root].append(result)
                     print(
@@ -270,13 +237,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"postgres {statistics.median(r['postgres'] for r in runs):.3f}, "
                 f"wall {statistics.median(r['wall'] for r in runs):.3f} ms/order ({len(runs)} runs)"
             )
-    finally:
-        with psycopg.connect(args.admin_dsn, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        keys = list(client.scan_iter(f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
     return 0
 
 
