@@ -69,25 +69,11 @@ class InternalError(DomainError):
     template = INTERNAL_MESSAGE
     example_name = "internal"
 
-    def __init__(self) -> None:
-        super().__init__(self.sentence())
-
-    @classmethod
-    def example(cls) -> DomainError:
-        return cls()
-
 
 class MalformedRequest(InvalidInput):
     """400 from the HTTP layer itself (a request Starlette could not read)."""
 
     template = "The request is malformed."
-
-    def __init__(self) -> None:
-        super().__init__(self.sentence())
-
-    @classmethod
-    def example(cls) -> DomainError:
-        return cls()
 
 
 class MethodNotAllowed(DomainError):
@@ -97,13 +83,6 @@ class MethodNotAllowed(DomainError):
     code = "METHOD_NOT_ALLOWED"
     title = "Method not allowed"
     template = "This method is not allowed on this path."
-
-    def __init__(self) -> None:
-        super().__init__(self.sentence())
-
-    @classmethod
-    def example(cls) -> DomainError:
-        return cls()
 
 
 class PayloadTooLarge(DomainError):
@@ -132,13 +111,6 @@ class UnsupportedMediaType(DomainError):
     code = "UNSUPPORTED_MEDIA_TYPE"
     title = "Unsupported media type"
     template = "Send the body as application/json."
-
-    def __init__(self) -> None:
-        super().__init__(self.sentence())
-
-    @classmethod
-    def example(cls) -> DomainError:
-        return cls()
 
 
 class RateLimitExceeded(DomainError):

@@ -153,7 +153,7 @@ StockWrite = Callable[[Session, int, int, str | None], Product]
 
 
 async def _change_stock(
-    write: StockWrite, action: str, product_id: int, body: StockChange, session: SessionDep, actor: str
+    write: StockWrite, action: str, product_id: int, body: StockChange, session: AsyncSession, actor: str
 ) -> ProductRead:
     """Apply `write` for `body.quantity` units and audit it as `action` with the quantity and the new
     stock, in the request's transaction."""

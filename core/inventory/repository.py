@@ -192,7 +192,8 @@ def record_outcomes(
         session.connection().execute(_RECORD_OUTCOME_SQLITE, rows)
 
 
-def _on_postgresql(session: Session) -> bool:
+def on_postgresql(session: Session) -> bool:
+    """Whether `session` runs on PostgreSQL (else SQLite, the embedded default)."""
     return session.connection().dialect.name == "postgresql"
 
 
@@ -204,7 +205,7 @@ def lock_for_reservation(session: Session, product_ids: Sequence[int]) -> dict[i
     row locks: its `BEGIN IMMEDIATE` transactions already run one at a time."""
     if not product_ids:
         return {}
-    if _on_postgresql(session):
+    if on_postgresql(session):
         rows = session.connection().execute(_LOCK_FOR_RESERVATION_PG, {"pids": pg_array(product_ids)})
     else:
         rows = session.connection().execute(_LOCK_FOR_RESERVATION_SQLITE, {"pids": list(product_ids)})
@@ -218,7 +219,7 @@ def set_stocks(session: Session, stocks: dict[int, int], at: datetime) -> None:
     if not stocks:
         return
     conn = session.connection()
-    if _on_postgresql(session):
+    if on_postgresql(session):
         conn.execute(_SET_STOCKS_PG, {"pids": list(stocks), "stocks": list(stocks.values()), "now": at})
     else:
         conn.execute(_SET_STOCK_SQLITE, [{"pid": p, "new_stock": s, "now": at} for p, s in stocks.items()])
@@ -270,7 +271,7 @@ def add_movements(session: Session, rows: list[dict[str, Any]]) -> None:
     `rows`: dicts with every key of `product_id, delta, stock_after, reason, order_id, actor, at`."""
     if not rows:
         return
-    if _on_postgresql(session):
+    if on_postgresql(session):
         columns = {name: [row[name] for row in rows] for name in _MOVEMENT_COLUMNS}
         session.connection().execute(_ADD_MOVEMENTS_PG, columns)
     else:

@@ -148,17 +148,13 @@ def record(
     (status, error, one more attempt, processed and updated at `at`): the worker's batch. On
     PostgreSQL one statement (`repo.record_reservation`) whatever the batch's size, instead of one per
     table. Ledger rows and stock as `reserve` writes them; listings invalidated after the commit."""
-    if _on_postgresql(session):
+    if repo.on_postgresql(session):
         repo.record_reservation(session, taken.stocks, taken.movements, outcomes, at, actor)
     else:
         repo.set_stocks(session, taken.stocks, at)
         repo.add_movements(session, _ledger_rows(taken, at, actor))
         repo.record_outcomes(session, outcomes, at)
     cache.touch(session, *taken.managers)
-
-
-def _on_postgresql(session: Session) -> bool:
-    return session.connection().dialect.name == "postgresql"
 
 
 def _ledger_rows(taken: Reservation, at: datetime, actor: str) -> list[dict[str, Any]]:
