@@ -9,6 +9,8 @@ Configured for at-least-once processing that is safe to repeat:
 * Prefetch multiplier 1 (`WORKER_PREFETCH_MULTIPLIER`): a busy worker does not hoard messages.
 * The prefork pool of workers/pool.py: a busy worker told to stop (SIGTERM) finishes the tasks its
   pool processes are running and exits in seconds.
+* The consumer of workers/consumer.py: a worker whose Redis connection drops while a task runs
+  reconnects instead of exiting.
 * Redis visibility timeout (`BROKER_VISIBILITY_TIMEOUT_SECONDS`, default 600 s) longer than any task
   and its retry countdowns, so a slow task is not handed to a second worker.
 * Task events on, so Flower sees the workers and tasks.
@@ -54,6 +56,8 @@ app.conf.update(
     # Celery's prefork pool, with its warm-shutdown fault mended (workers/pool.py); `--pool prefork`
     # on the command line also picks this one.
     worker_pool="workers.pool:TaskPool",
+    # Celery's consumer, with its reconnect fault mended (workers/consumer.py).
+    worker_consumer="workers.consumer:Consumer",
     task_default_queue=ORDERS_QUEUE,
     task_routes={
         RESERVE_ORDERS: {"queue": ORDERS_QUEUE},

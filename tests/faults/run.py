@@ -128,11 +128,24 @@ class FaultRun:
             statuses = invariants.statuses_since(conn, start_id)
             keyed = [c.user_id for k, c in self.customers.items() if k.startswith("keyed")]
             problems = invariants.check(conn, self.tallies, keyed)
+        problems = self.exited_processes() + problems
         result = PhaseResult(name, tally, statuses, drain_seconds, problems, time.monotonic() - began)
         self.report(result.line())
         for problem in problems[:30]:
             self.report(f"    {problem}")
         return result
+
+    def exited_processes(self) -> list[str]:
+        """One problem per process of the stack (API, worker, beat) that exited on its own during
+        the phase: a fault must never take a process down for good (a crash would otherwise show only
+        as orders left pending)."""
+        worker = self.stack.worker
+        procs = [self.stack.api, worker.proc if worker else None, self.stack.beat]
+        return [
+            f"the {proc.name} process exited (code {proc.process.returncode}):\n{proc.log_tail(30)}"
+            for proc in procs
+            if proc is not None and not proc.alive()
+        ]
 
     def report(self, line: str) -> None:
         LINES.append(line)

@@ -40,8 +40,8 @@ def assert_invariants(result: PhaseResult, *, api_unaffected: bool) -> None:
     every request as usual: it stores the order and answers 202 without a worker, and an order
     submitted while the broker is down is still accepted (CONTRACT.md, "Processing guarantees").
     """
-    assert result.drain_seconds is not None, f"[{result.name}] orders still pending after the drain bound"
     assert not result.problems, f"[{result.name}] invariants violated:\n" + "\n".join(result.problems[:50])
+    assert result.drain_seconds is not None, f"[{result.name}] orders still pending after the drain bound"
     assert result.tally.accepted, f"[{result.name}] no order was accepted during the phase"
     errors = {k: n for k, n in result.tally.errors().items() if k not in REFUSALS}
     wrong_4xx = {k: n for k, n in errors.items() if k.removeprefix("cancel ").startswith("4")}
