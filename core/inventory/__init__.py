@@ -1,10 +1,9 @@
 """The inventory (STYLE.md rule 11): the stock rules and the only writes to the stock movement ledger.
 
 `decide` and `record` (the worker's batch reservation: what the stock covers, then the stock, the
-ledger and the orders' outcomes in one statement), `reserve` (decide and write the stock alone),
-`unorderable` (why an order cannot be reserved), `release` (a cancelled
-confirmed order), `adjust`/`open_stock`/`increment`/`decrement` (the core API's and the store's stock
-writes) live in `core.inventory.stock`; their SQL and the ledger's reads in
+ledger and the orders' outcomes in one statement), `unorderable` (why an order cannot be reserved),
+`release` (a cancelled confirmed order), `adjust`/`open_stock`/`increment`/`decrement` (the core API's
+and the store's stock writes) live in `core.inventory.stock`; their SQL and the ledger's reads in
 `core.inventory.repository`.
 """
 
@@ -23,7 +22,6 @@ from core.inventory.stock import (
     open_stocks,
     record,
     release,
-    reserve,
     unorderable,
 )
 
@@ -41,6 +39,5 @@ __all__ = [
     "open_stocks",
     "record",
     "release",
-    "reserve",
     "unorderable",
 ]

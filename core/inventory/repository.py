@@ -48,7 +48,7 @@ def add_stock(session: Session, product_id: int, quantity: int) -> int | None:
     return stock
 
 
-# --- the worker's batch reservation (core.inventory.stock.reserve) -------------------------------
+# --- the worker's batch reservation (core.inventory.stock.record) --------------------------------
 # Built once at import: the hot path only binds values (statement construction is a measurable share
 # of the worker's CPU time). PostgreSQL gets one set-based statement per step, with arrays bound to
 # `= ANY(...)` and `unnest(...)` (one statement text whatever the batch size, so psycopg's prepared

@@ -100,7 +100,7 @@ def decide(session: Session, orders: Mapping[int, OrderLines]) -> Reservation:
     in product-id order, is the reason (`unorderable`): a missing, deleted, or (for a store order)
     another manager's product is ProductNotFound; a discontinued one ProductDiscontinued; too little
     stock left InsufficientStock with the units left now. The caller must already hold the orders'
-    locks, and writes the result with `reserve` or `record`."""
+    locks, and writes the result with `record`."""
     product_ids = sorted({pid for order in orders.values() for pid, _ in order.lines})
     products = repo.lock_for_reservation(session, product_ids)
     remaining = {pid: row.stock for pid, row in products.items()}
@@ -122,21 +122,6 @@ def decide(session: Session, orders: Mapping[int, OrderLines]) -> Reservation:
     return taken
 
 
-def reserve(
-    session: Session, orders: Mapping[int, OrderLines], at: datetime, actor: str = WORKER_ACTOR
-) -> dict[int, DomainError | None]:
-    """`decide` the orders and write what they took: the new stock of the products that changed
-    (`updated_at` = `at`), and one `reservation` ledger row per line (`stock_after` in sequence,
-    actor `actor`), one statement each on PostgreSQL. Returns `decide`'s decisions. The managers
-    whose stock changed have their listing cache invalidated after the commit. The caller must
-    already hold the orders' locks."""
-    taken = decide(session, orders)
-    repo.set_stocks(session, taken.stocks, at)
-    repo.add_movements(session, _ledger_rows(taken, at, actor))
-    cache.touch(session, *taken.managers)
-    return taken.decisions
-
-
 def record(
     session: Session,
     taken: Reservation,
@@ -146,8 +131,9 @@ def record(
 ) -> None:
     """Write what `decide` took and the orders' outcomes `(order_id, status, error object or None)`
     (status, error, one more attempt, processed and updated at `at`): the worker's batch. On
-    PostgreSQL one statement (`repo.record_reservation`) whatever the batch's size, instead of one per
-    table. Ledger rows and stock as `reserve` writes them; listings invalidated after the commit."""
+    PostgreSQL one statement (`repo.record_reservation`) whatever the batch's size; elsewhere (the
+    embedded SQLite default) the stock, the ledger rows and the outcomes one statement each. Listings
+    invalidated after the commit."""
     if repo.on_postgresql(session):
         repo.record_reservation(session, taken.stocks, taken.movements, outcomes, at, actor)
     else:

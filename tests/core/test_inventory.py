@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -92,7 +93,19 @@ def test_only_core_inventory_writes_the_stock_movement_ledger():
     assert LEDGER_WRITE.search(inventory_source)  # the pattern does find the writes where they are
 
 
-# --- reserve --------------------------------------------------------------------------------------
+# --- reserve: decide, then record ------------------------------------------------------------------
+
+
+def reserve(db: Session, request: dict[int, inventory.OrderLines], at: datetime) -> dict:
+    """What the worker's batch does once it holds the orders' locks (`core.orders.reservation`):
+    `decide`, then `record` the stock, the ledger and each order's outcome. Returns the decisions."""
+    taken = inventory.decide(db, request)
+    outcomes = [
+        (order_id, "confirmed", None) if error is None else (order_id, "rejected", error.to_dict())
+        for order_id, error in taken.decisions.items()
+    ]
+    inventory.record(db, taken, outcomes, at)
+    return taken.decisions
 
 
 def test_reserve_takes_all_lines_or_none_in_order_id_order(db):
@@ -107,7 +120,7 @@ def test_reserve_takes_all_lines_or_none_in_order_id_order(db):
         o3: inventory.OrderLines(None, [(a, 3)]),
     }
 
-    decisions = inventory.reserve(db, request, now)
+    decisions = reserve(db, request, now)
 
     assert list(decisions) == [o1, o2, o3]
     assert decisions[o1] is None and decisions[o3] is None
@@ -138,7 +151,7 @@ def test_reserve_names_why_an_order_cannot_be_taken(db):
         ids[3]: inventory.OrderLines(None, [(999_999, 1)]),
     }
 
-    decisions = inventory.reserve(db, request, utcnow())
+    decisions = reserve(db, request, utcnow())
 
     assert [type(decisions[i]) for i in ids] == [
         ProductNotFound,
@@ -151,16 +164,17 @@ def test_reserve_names_why_an_order_cannot_be_taken(db):
     assert [r[2] for r in ledger(db, mine)] == ["create"]
 
 
-def test_reserve_runs_one_lock_one_update_one_insert_and_locks_in_ascending_id(db):
+def test_reserve_runs_one_lock_and_one_write_and_locks_in_ascending_id(db):
     ids = [make(db, stock=9, name=f"P{i}") for i in range(3)]
     order_id = orders.place_order(db, [(ids[0], 1)]).order.id
     db.flush()
     lines = sorted([(ids[2], 1), (ids[0], 2), (ids[1], 3)])
 
     with statements(db) as seen:
-        inventory.reserve(db, {order_id: inventory.OrderLines(None, lines)}, utcnow())
+        reserve(db, {order_id: inventory.OrderLines(None, lines)}, utcnow())
 
-    assert [s.split()[0] for s in seen] == ["SELECT", "UPDATE", "INSERT"]
+    # The lock, then the stock, the ledger and the outcome in one statement of data-modifying CTEs.
+    assert [s.split()[0] for s in seen] == ["SELECT", "WITH"]
     assert "ORDER BY products.id" in seen[0] and "FOR NO KEY UPDATE" in seen[0]
     assert "DESC" not in seen[0]
     assert [stock(db, p) for p in ids] == [7, 6, 8]
