@@ -12,7 +12,9 @@ It makes (and drops at the end) its own database `orderflow_inproc_<pid>` on the
 `--admin-dsn`, migrated by Alembic, and uses Redis db 14 with a key prefix of its own (deleted at the
 end). The orders are one-line orders of 20 products from an admin's bearer token, as `bench stack`
 sends them. Prints one line per round: requests, CPU ms per request (process and loop thread), wall
-ms per request, and the statuses seen. Run it under `py-spy record` to see where the CPU goes.
+ms per request, the CPU every PostgreSQL and Redis process on the machine used meanwhile (own ticks
+from /proc: run it on a quiet machine), and the statuses seen. Run it under `py-spy record` to see
+where the CPU goes.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from bench import procstat
 from bench.scratch import scratch_backends
 
 
@@ -95,8 +98,24 @@ class Driver:
         return status, b"".join(chunks)
 
 
-async def _run_round(driver: Driver, make: Any, count: int, concurrency: int) -> tuple[float, float, float]:
-    """(process CPU s, loop thread CPU s, wall s) of `count` requests, `concurrency` at a time."""
+#: The process names whose CPU a round also reports (the servers' own ticks, from /proc).
+SERVERS = ("postgres", "redis-server")
+
+
+def _server_ticks() -> dict[str, dict[procstat.ProcessKey, int]]:
+    """Own CPU ticks of every PostgreSQL and Redis process on the machine, by process name."""
+    stats = procstat.read_all()
+    return {
+        name: procstat.pid_totals([pid for pid, stat in stats.items() if stat.comm == name], stats)
+        for name in SERVERS
+    }
+
+
+async def _run_round(
+    driver: Driver, make: Any, count: int, concurrency: int
+) -> tuple[float, float, float, dict[str, float]]:
+    """(process CPU s, loop thread CPU s, wall s, {server: CPU s}) of `count` requests, `concurrency`
+    at a time. The servers' CPU counts everything they did meanwhile, so run it on a quiet machine."""
     remaining = count
 
     async def lane() -> None:
@@ -105,9 +124,16 @@ async def _run_round(driver: Driver, make: Any, count: int, concurrency: int) ->
             remaining -= 1
             await make()
 
+    servers0 = _server_ticks()
     cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(concurrency)))
-    return time.process_time() - cpu0, time.thread_time() - thread0, time.perf_counter() - wall0
+    cpu, thread, wall = time.process_time() - cpu0, time.thread_time() - thread0, time.perf_counter() - wall0
+    servers1 = _server_ticks()
+    server_cpu = {
+        name: procstat.ticks_to_ms(procstat.own_delta(servers0[name], servers1[name]).ticks) / 1000
+        for name in SERVERS
+    }
+    return cpu, thread, wall, server_cpu
 
 
 async def _measure(args: argparse.Namespace) -> None:
@@ -150,11 +176,13 @@ async def _measure(args: argparse.Namespace) -> None:
             await _run_round(driver, make, args.warmup, args.concurrency)
             for index in range(args.rounds):
                 driver.statuses.clear()
-                cpu, thread, wall = await _run_round(driver, make, args.requests, args.concurrency)
+                cpu, thread, wall, servers = await _run_round(driver, make, args.requests, args.concurrency)
                 n = args.requests
                 print(
                     f"{name:8} round {index + 1}: {n} requests, CPU {cpu / n * 1000:.3f} ms/req "
                     f"(loop thread {thread / n * 1000:.3f}), wall {wall / n * 1000:.3f} ms/req, "
+                    f"PostgreSQL {servers['postgres'] / n * 1000:.3f} ms/req, "
+                    f"Redis {servers['redis-server'] / n * 1000:.3f} ms/req, "
                     f"statuses {dict(driver.statuses)}",
                     flush=True,
                 )
