@@ -460,15 +460,15 @@ def validation_error(
 
 
 def _needs_credentials(route: Any) -> bool:
-    """True when the route requires credentials: it depends on `api.deps.current_principal` or
-    `api.deps.current_role`, directly or through a role guard."""
-    from api.deps import current_principal, current_role
+    """True when the route requires credentials: it depends on `api.deps.current_principal`,
+    `api.deps.request_principal` or `api.deps.current_role`, directly or through a role guard."""
+    from api.deps import current_principal, current_role, request_principal
 
     dependant = getattr(route, "dependant", None)
     pending = [dependant] if dependant is not None else []
     while pending:
         node = pending.pop()
-        if node.call in (current_principal, current_role):
+        if node.call in (current_principal, request_principal, current_role):
             return True
         pending.extend(node.dependencies)
     return False

@@ -14,7 +14,15 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from pydantic import TypeAdapter
 
-from api.deps import CurrentUser, PageDep, SessionDep, StaffUser, intake_unit
+from api.deps import (
+    CREDENTIALS_SECURITY,
+    CurrentUser,
+    IntakeUser,
+    PageDep,
+    SessionDep,
+    StaffUser,
+    intake_unit,
+)
 from api.openapi import responses
 from api.outcomes import (
     RETRY_AFTER_SECONDS,
@@ -107,11 +115,12 @@ def _with_outcome(order: OrderRead, outcome: OrderOutcome) -> OrderRead:
         **responses(InvalidInput, InsufficientStock, ProductDiscontinued, ProductNotFound, Conflict),
     },
     summary="Submit an order (processed asynchronously)",
+    openapi_extra={"security": CREDENTIALS_SECURITY},
 )
 async def create_order(
     body: OrderCreate,
     request: Request,
-    user: CurrentUser,
+    user: IntakeUser,
     idempotency_key: IdempotencyKeyHeader = None,
     prefer: PreferHeader = None,
 ) -> Response:

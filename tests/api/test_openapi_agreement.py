@@ -95,3 +95,17 @@ async def test_an_order_path_id_is_written_in_digits(client, path):
 @pytest.mark.parametrize("query", ["limit=1.0", "offset=1_0", "limit=+5"])
 async def test_paging_parameters_are_written_in_digits(client, query):
     assert (await client.get(f"/products?{query}")).status_code == 400
+
+
+async def test_post_orders_declares_the_credentials_the_other_order_routes_declare(client, anon):
+    """`POST /orders` authenticates through one dependency node (`api.deps.request_principal`) and
+    states its security in `openapi_extra`; the document says the same as for the routes whose
+    security parameters FastAPI solves, and the route refuses a request without credentials."""
+    document = await openapi(client)
+    orders = document["paths"]["/orders"]
+    assert orders["post"]["security"] == orders["get"]["security"]
+    assert orders["post"]["security"] == [{"basicAuth": []}, {"bearerAuth": []}]
+    assert set(document["components"]["securitySchemes"]) == {"basicAuth", "bearerAuth"}
+    response = await anon.post("/orders", json={"product_id": 1, "quantity": 1})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"]
