@@ -48,6 +48,7 @@ from collections.abc import AsyncIterator, Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from functools import cache  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
@@ -278,47 +279,46 @@ async def gather_limited(coros: list, limit: int = 50) -> list:
     return await asyncio.gather(*(run(c) for c in coros))
 
 
+def spawn_worker(
+    args: list[str], node: str, env: dict[str, str] | None = None, ping: Any = None, within: float = 60
+) -> subprocess.Popen:
+    """Start `python <args> -n <node>` (a Celery worker's command line) with `env` over this process's
+    environment, its output in `LOG_DIR/<node name>.log` (`proc.log_path`), and return once the node
+    answers a ping through `ping` (a Celery app; the orderflow app by default). RuntimeError, with the
+    log's tail, when it exits first or stays silent for `within` seconds."""
+    if ping is None:
+        from workers.celery_app import app as ping
+
+    log_path = LOG_DIR / f"{node.split('@')[0]}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, *args, "-n", node],
+            env={**os.environ, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    proc.log_path = log_path  # type: ignore[attr-defined]
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        if ping.control.ping(destination=[node], timeout=0.5):
+            return proc
+    else:
+        proc.kill()
+        proc.wait(10)
+    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+    raise RuntimeError(f"worker {node} exited or did not answer a ping within {within:g} s:\n{tail}")
+
+
 def start_worker_process(
     queue: str = ORDERS_QUEUE, concurrency: int = 2, extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen:
     """Start a real `celery worker` (prefork pool) as a subprocess and wait until it answers a ping."""
-    from workers.celery_app import app as celery_app
-
-    name = f"test-{uuid.uuid4().hex[:8]}@localhost"
-    log_path = LOG_DIR / f"worker-{name.split('@')[0]}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
-        "worker",
-        "--pool",
-        "prefork",
-        "--concurrency",
-        str(concurrency),
-        "-Q",
-        queue,
-        "-n",
-        name,
-        "--loglevel",
-        "INFO",
-        "--without-mingle",
-        "--without-gossip",
-    ]
-    env = {**os.environ, **(extra_env or {})}
-    log_file = log_path.open("wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited early; see {log_path}")
-        replies = celery_app.control.ping(destination=[name], timeout=0.5)
-        if replies:
-            proc.log_path = log_path  # type: ignore[attr-defined]
-            return proc
-    proc.kill()
-    raise RuntimeError(f"worker did not answer a ping within 30 s; see {log_path}")
+    args = ["-m", "celery", "-A", "workers.celery_app", "worker", "--pool", "prefork",
+            "--concurrency", str(concurrency), "-Q", queue, "--loglevel", "INFO", "--without-mingle",
+            "--without-gossip"]  # fmt: skip
+    return spawn_worker(args, f"worker-test-{uuid.uuid4().hex[:8]}@localhost", extra_env, within=30)
 
 
 def stop_worker_process(proc: subprocess.Popen, timeout: float = 15) -> None:

@@ -8,9 +8,7 @@ the test database; the running task is a real `reserve_orders` batch held on its
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from tests.conftest import LOG_DIR, stop_worker_process
+from tests.conftest import spawn_worker, stop_worker_process
 from tests.faults.stack import private_celery
 from tests.private_services import PrivateRedis, private_redis
 from tests.workers.helpers import (
@@ -44,23 +42,10 @@ def redis_server() -> Iterator[PrivateRedis]:
 def start_worker(app_module: str, broker: Celery, redis_url: str) -> subprocess.Popen:
     """`celery -A app_module worker` (prefork, 2 processes) on the private Redis; returns once it
     answers a ping. Its log is `proc.log_path`."""
-    node = f"reconnect-{uuid.uuid4().hex[:6]}@localhost"
-    log_path = LOG_DIR / f"{node.split('@')[0]}.log"
-    command = [sys.executable, "-m", "celery", "-A", app_module, "worker", "--pool", "prefork",
-               "--concurrency", "2", "-n", node, "--loglevel", "INFO", "--without-mingle",
-               "--without-gossip"]  # fmt: skip
-    env = {**os.environ, "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": "", "PYTHONUNBUFFERED": "1"}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    proc.log_path = log_path  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the worker exited at start:\n{log_text(proc)}")
-        if broker.control.ping(destination=[node], timeout=0.5):
-            return proc
-    stop_worker_process(proc)
-    raise AssertionError(f"the worker did not answer a ping within 60 s:\n{log_text(proc)}")
+    args = ["-m", "celery", "-A", app_module, "worker", "--pool", "prefork", "--concurrency", "2",
+            "--loglevel", "INFO", "--without-mingle", "--without-gossip"]  # fmt: skip
+    env = {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": "", "PYTHONUNBUFFERED": "1"}
+    return spawn_worker(args, f"reconnect-{uuid.uuid4().hex[:6]}@localhost", env, ping=broker)
 
 
 def log_text(proc: subprocess.Popen) -> str:

@@ -8,12 +8,13 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 
 from sqlalchemy import func, select
 
 from core.db import session_scope
 from core.orders.models import Order, OrderStatus
-from tests.conftest import LOG_DIR, start_worker_process, stop_worker_process
+from tests.conftest import spawn_worker, start_worker_process, stop_worker_process
 from tests.workers.helpers import assert_reserved_once, make_product, place, wait_until_final
 from workers.celery_app import enqueue_reserve_orders
 
@@ -25,29 +26,9 @@ EXIT_BOUND_SECONDS = 10
 def start_container_worker(name: str, **env: str) -> subprocess.Popen:
     """`orderflow worker --concurrency 2`, the compose service's command (mingle, gossip, heartbeats
     and task events on), under its own node name; returns once it answers a ping."""
-    import sys
-    import uuid
-
-    from workers.celery_app import app as celery_app
-
     node = f"{name}-{uuid.uuid4().hex[:6]}@localhost"
-    log_path = LOG_DIR / f"{node.split('@')[0]}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "orderflow", "worker", "--concurrency", "2", "-n", node],
-            env={**os.environ, "LOG_LEVEL": "INFO", **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    proc.log_path = log_path  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited early; see {log_path}")
-        if celery_app.control.ping(destination=[node], timeout=0.5):
-            return proc
-    proc.kill()
-    raise RuntimeError(f"worker did not answer a ping within 60 s; see {log_path}")
+    args = ["-m", "orderflow", "worker", "--concurrency", "2"]
+    return spawn_worker(args, node, {"LOG_LEVEL": "INFO", **env})
 
 
 def _pending() -> int:
