@@ -193,7 +193,7 @@ async def current_principal(
 async def request_principal(request: Request) -> Principal:
     """`current_principal` as one dependency node, for the order intake's route: FastAPI solves each
     node of a route's dependency tree on every request (its cache key and scopes included), and the
-    three nodes this saves were about a tenth of a `POST /orders`'s CPU. The route declares
+    three nodes this saves were about 8% of a `POST /orders`'s CPU (py-spy). The route declares
     `CREDENTIALS_SECURITY` in its OpenAPI operation instead. Same 401s as `current_principal`, raised
     before the body is validated."""
     return _required(await _principal_of(request))
