@@ -68,16 +68,6 @@ _LOCK_FOR_RESERVATION_PG = _RESERVATION_COLUMNS.where(
 ).with_for_update(key_share=True)
 _LOCK_FOR_RESERVATION_SQLITE = _RESERVATION_COLUMNS.where(Product.id.in_(bindparam("pids", expanding=True)))
 
-_NEW_STOCKS = (
-    func.unnest(bindparam("pids", type_=_INT_ARRAY), bindparam("stocks", type_=_INT_ARRAY))
-    .table_valued(column("id", Integer), column("stock", Integer))
-    .render_derived(name="v")
-)
-_SET_STOCKS_PG = (
-    update(Product)
-    .where(Product.id == _NEW_STOCKS.c.id)
-    .values(stock=_NEW_STOCKS.c.stock, updated_at=bindparam("now", type_=UTCDateTime()))
-)
 _SET_STOCK_SQLITE = (
     update(Product)
     .where(Product.id == bindparam("pid"))
@@ -213,16 +203,12 @@ def lock_for_reservation(session: Session, product_ids: Sequence[int]) -> dict[i
 
 
 def set_stocks(session: Session, stocks: dict[int, int], at: datetime) -> None:
-    """Set the stock of each product in `stocks` (`{product_id: new stock}`) and its `updated_at`,
-    in one statement on PostgreSQL (`UPDATE ... FROM unnest(ids, stocks)`). The rows must be locked
-    by this transaction (`lock_for_reservation`); the listing cache is the caller's (`cache.touch`)."""
-    if not stocks:
-        return
-    conn = session.connection()
-    if on_postgresql(session):
-        conn.execute(_SET_STOCKS_PG, {"pids": list(stocks), "stocks": list(stocks.values()), "now": at})
-    else:
-        conn.execute(_SET_STOCK_SQLITE, [{"pid": p, "new_stock": s, "now": at} for p, s in stocks.items()])
+    """SQLite's part of `record_reservation` for the products: set the stock of each product in
+    `stocks` (`{product_id: new stock}`) and its `updated_at`, one UPDATE per product. The listing
+    cache is the caller's (`cache.touch`)."""
+    if stocks:
+        rows = [{"pid": p, "new_stock": s, "now": at} for p, s in stocks.items()]
+        session.connection().execute(_SET_STOCK_SQLITE, rows)
 
 
 def release_stock(session: Session, product_id: int, quantity: int) -> int:
