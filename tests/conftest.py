@@ -54,13 +54,13 @@ import httpx  # noqa: E402
 import psycopg  # noqa: E402
 import pytest  # noqa: E402
 import redis  # noqa: E402
-from sqlalchemy import text  # noqa: E402
-from sqlalchemy.exc import OperationalError  # noqa: E402
+from psycopg import sql as pgsql  # noqa: E402
 
 from core.config import settings  # noqa: E402
 from core.db import get_sync_engine  # noqa: E402
 from core.users.models import Role  # noqa: E402
 from core.users.security import Principal, hash_password, issue_token  # noqa: E402
+from tests.coverage_env import without_greenlets  # noqa: E402
 from workers.celery_app import ORDERS_QUEUE, ORDERS_QUEUE_KEY  # noqa: E402
 
 #: Worker subprocess logs of this run; removed at the end unless the run failed.
@@ -97,9 +97,22 @@ def database() -> Iterator[None]:
 
     upgrade()
     yield
+    if _reset_connection is not None:
+        _reset_connection.close()
     get_sync_engine().dispose()
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+
+
+_redis_client: redis.Redis | None = None
+
+
+def _redis() -> redis.Redis:
+    """This test process's client of the test Redis db (one pool for every test's clean-up)."""
+    global _redis_client
+    if _redis_client is None:
+        _redis_client = redis.Redis.from_url(settings.redis_url)
+    return _redis_client
 
 
 def _wait_for_empty_queue(timeout: float = 5) -> None:
@@ -108,55 +121,75 @@ def _wait_for_empty_queue(timeout: float = 5) -> None:
     Without a session worker nothing consumes the queue: `_clear_redis` drops what is left."""
     if not _session_worker_running:
         return
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        deadline = time.monotonic() + timeout
-        while client.llen(ORDERS_QUEUE_KEY) and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        client.close()
+    deadline = time.monotonic() + timeout
+    while _redis().llen(ORDERS_QUEUE_KEY) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _reset_sql() -> str:
+    """The clean-up of `_empty_tables` as one multi-statement script (one round trip, sent with the
+    simple query protocol): every table emptied and its id sequence restarted, then the admin of
+    `ADMIN` inserted (id 1), in one transaction."""
+    admin = pgsql.Literal(_hash(ADMIN_PASSWORD)).as_string()
+    statements = [
+        "BEGIN",
+        "SET LOCAL deadlock_timeout = '20ms'",
+        f"LOCK TABLE {', '.join(TABLES)} IN ACCESS EXCLUSIVE MODE",
+        # children first: the foreign keys are checked per statement
+        *(f"DELETE FROM {table}" for table in TABLES),
+        *(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 1, false)" for table in TABLES),
+        "INSERT INTO users (username, password_hash, role, created_at, updated_at, password_changed_at)"
+        f" VALUES ('{ADMIN_USERNAME}', {admin}, 'admin', now(), now(), now())",
+        "COMMIT",
+    ]
+    return ";\n".join(statements)
+
+
+_reset_connection: psycopg.Connection | None = None
 
 
 def _empty_tables() -> None:
-    """Empty every table and restart its id sequence, as `TRUNCATE ... RESTART IDENTITY` would, for
-    1 ms instead of 15-25 ms: the ACCESS EXCLUSIVE locks make it wait, like TRUNCATE, for a worker
-    transaction still running from the previous test, and the DELETEs then see everything it wrote.
-    That worker can hold a lock this needs while waiting for one this took: PostgreSQL then aborts one
-    of them. The deadlock check runs after 20 ms here instead of the server's 1 s, and the emptying
-    is retried."""
+    """Empty every table, restart its id sequence (as `TRUNCATE ... RESTART IDENTITY` would, for
+    1 ms instead of 15-25 ms) and insert the admin, in one round trip on a connection this test
+    process keeps. The ACCESS EXCLUSIVE locks make it wait, like TRUNCATE, for a worker transaction
+    still running from the previous test, and the DELETEs then see everything it wrote. That worker
+    can hold a lock this needs while waiting for one this took: PostgreSQL then aborts one of them.
+    The deadlock check runs after 20 ms here instead of the server's 1 s, and the emptying is
+    retried; so is it, on a new connection, when a test restarted PostgreSQL meanwhile."""
+    global _reset_connection
+    script = _reset_sql()
     for attempt in range(20):
+        if _reset_connection is None or _reset_connection.closed:
+            _reset_connection = psycopg.connect(_sync_dsn(), autocommit=True)
         try:
-            with get_sync_engine().begin() as conn:
-                conn.execute(text("SET LOCAL deadlock_timeout = '20ms'"))
-                conn.execute(text(f"LOCK TABLE {', '.join(TABLES)} IN ACCESS EXCLUSIVE MODE"))
-                for table in TABLES:  # children first: the foreign keys are checked per statement
-                    conn.execute(text(f"DELETE FROM {table}"))
-                    conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 1, false)"))
+            _reset_connection.execute(script)  # type: ignore[arg-type]  # a fixed script, no parameters
             return
-        except OperationalError as exc:
-            if attempt == 19 or not isinstance(exc.orig, psycopg.errors.DeadlockDetected):
+        except psycopg.errors.DeadlockDetected:
+            _reset_connection.execute("ROLLBACK")
+            if attempt == 19:
                 raise
             time.sleep(0.02)
+        except psycopg.OperationalError:  # the connection was lost (a test restarted PostgreSQL)
+            _reset_connection.close()
+            if attempt == 19:
+                raise
+
+
+def _sync_dsn() -> str:
+    """The test database's URL as libpq reads it (without SQLAlchemy's driver name)."""
+    return get_sync_engine().url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @pytest.fixture(autouse=True)
 def clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every test starts with empty tables and an empty Redis db; a test marked `pure` touches
-    neither and gets no database at all."""
+    """Every test starts with empty tables (but the admin) and an empty Redis db; a test marked
+    `pure` touches neither and gets no database at all."""
     if request.node.get_closest_marker("pure") is not None:
         yield
         return
     request.getfixturevalue("database")
     _wait_for_empty_queue()
     _empty_tables()
-    with get_sync_engine().begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO users (username, password_hash, role, created_at, updated_at,"
-                " password_changed_at) VALUES (:u, :h, 'admin', now(), now(), now())"
-            ),
-            {"u": ADMIN_USERNAME, "h": _hash(ADMIN_PASSWORD)},
-        )
     _clear_redis()
     yield
 
@@ -218,8 +251,8 @@ def make_user(
 def _clear_redis() -> None:
     """Drop the queued messages and orderflow's own keys, but keep kombu's queue bindings (a
     FLUSHDB would make a running worker's queue unreachable)."""
-    client = redis.Redis.from_url(settings.redis_url)
-    keys = [ORDERS_QUEUE_KEY, *client.scan_iter(f"{settings.redis_key_prefix}orderflow:*")]
+    client = _redis()
+    keys = [ORDERS_QUEUE_KEY, *client.scan_iter(f"{settings.redis_key_prefix}orderflow:*", count=10_000)]
     client.delete(*keys)
 
 
@@ -293,7 +326,7 @@ def spawn_worker(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, *args, "-n", node],
-            env={**os.environ, **(env or {})},
+            env=without_greenlets({**os.environ, **(env or {})}),
             stdout=log,
             stderr=subprocess.STDOUT,
         )

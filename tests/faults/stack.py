@@ -30,6 +30,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from tests.coverage_env import without_greenlets
 from workers.celery_app import ORDERS_QUEUE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -444,7 +445,8 @@ class Stack:
         command = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool", "prefork",
                    "--concurrency", str(self.worker_processes), "-Q", ORDERS_QUEUE, "-n", node,
                    "--loglevel", "INFO", "--without-mingle", "--without-gossip"]  # fmt: skip
-        proc = launch("worker", command, self.env(), self.log(f"worker{self._workers_started}"))
+        log = self.log(f"worker{self._workers_started}")
+        proc = launch("worker", command, without_greenlets(self.env()), log)
         self.launched.append(proc)
         return Worker(proc, node)
 
@@ -464,7 +466,7 @@ class Stack:
     def start_beat(self) -> None:
         command = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat", "--schedule",
                    str(self.base / "beat-schedule"), "--loglevel", "INFO"]  # fmt: skip
-        self.beat = launch("beat", command, self.env(), self.log("beat"))
+        self.beat = launch("beat", command, without_greenlets(self.env()), self.log("beat"))
         self.launched.append(self.beat)
 
     def active_tasks(self) -> list[dict]:
