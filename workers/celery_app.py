@@ -140,7 +140,10 @@ class HeartbeatFile:
         self.beat()
 
     def remove(self, **_: object) -> None:
-        self.path.unlink(missing_ok=True)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:  # e.g. a parent that is not a directory: shutdown goes on
+            _log.warning("heartbeat file %s not removed: %s", self.path, exc)
 
 
 heartbeat_file = HeartbeatFile(HEARTBEAT_FILE)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import statistics
 import time
@@ -910,3 +911,26 @@ async def test_a_body_that_is_not_json_is_400_with_credentials_or_on_a_public_ro
     bad = {"content": b"{not json", "headers": {"content-type": "application/json"}}
     assert (await client.post("/products", **bad)).status_code == 400
     assert (await anon.post("/users", **bad)).status_code == 400
+
+
+@pytest.mark.pure
+def test_the_verified_token_cache_stays_bounded_and_keeps_verifying(monkeypatch):
+    """`Authenticator.verified_token` remembers at most `TOKEN_CACHE_SIZE` tokens: once full it drops
+    the expired ones, and everything when none had expired; a dropped token is verified again."""
+    from api import auth
+
+    monkeypatch.setattr(auth, "TOKEN_CACHE_SIZE", 2)
+    authenticator = auth.Authenticator(settings)
+    tokens = [
+        issue_token(Principal(user_id, f"user{user_id}", Role.CUSTOMER), settings.effective_jwt_secret, 60)
+        for user_id in (2, 3, 4, 5)
+    ]
+    authenticator.verified_token(tokens[0])
+    cached = authenticator._tokens[tokens[0]]
+    authenticator._tokens[tokens[0]] = dataclasses.replace(cached, expires_at=time.time() - 1)  # as if old
+    authenticator.verified_token(tokens[1])
+    authenticator.verified_token(tokens[2])  # full: the expired entry goes
+    assert list(authenticator._tokens) == [tokens[1], tokens[2]]
+    authenticator.verified_token(tokens[3])  # full of live tokens: all go
+    assert list(authenticator._tokens) == [tokens[3]]
+    assert authenticator.verified_token(tokens[0]).user_id == 2  # verified again
