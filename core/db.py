@@ -220,6 +220,12 @@ class StatementPool(AsyncConnectionPool):
             await self.putconn(conn)  # closed: the pool drops it and opens a replacement
 
 
+def libpq_dsn(database_url: str) -> str:
+    """`DATABASE_URL` (SQLAlchemy's form, `postgresql+psycopg://...`) as libpq and psycopg read it
+    (`postgresql://...`), password included."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def make_statement_pool(cfg: Settings = settings) -> StatementPool | None:
     """A psycopg pool of autocommit connections for the API's single-statement writes (order intake):
     no ORM session, no transaction to begin or end, statements prepared by psycopg on each connection
@@ -231,9 +237,8 @@ def make_statement_pool(cfg: Settings = settings) -> StatementPool | None:
     out the pool's growing backoff. None on SQLite. Open it with `await pool.open()`."""
     if cfg.database_url is None:
         return None
-    url = make_url(cfg.database_url).set(drivername="postgresql")
     return StatementPool(
-        url.render_as_string(hide_password=False),
+        libpq_dsn(cfg.database_url),
         min_size=min(4, cfg.db_pool_size),
         max_size=cfg.db_pool_size,
         kwargs={"autocommit": True, **connect_options(cfg)},

@@ -57,7 +57,7 @@ import redis  # noqa: E402
 from psycopg import sql as pgsql  # noqa: E402
 
 from core.config import settings  # noqa: E402
-from core.db import get_sync_engine  # noqa: E402
+from core.db import get_sync_engine, libpq_dsn  # noqa: E402
 from core.users.models import Role  # noqa: E402
 from core.users.security import Principal, hash_password, issue_token  # noqa: E402
 from tests.coverage_env import without_greenlets  # noqa: E402
@@ -126,6 +126,7 @@ def _wait_for_empty_queue(timeout: float = 5) -> None:
         time.sleep(0.01)
 
 
+@cache
 def _reset_sql() -> str:
     """The clean-up of `_empty_tables` as one multi-statement script (one round trip, sent with the
     simple query protocol): every table emptied and its id sequence restarted, then the admin of
@@ -160,7 +161,7 @@ def _empty_tables() -> None:
     script = _reset_sql()
     for attempt in range(20):
         if _reset_connection is None or _reset_connection.closed:
-            _reset_connection = psycopg.connect(_sync_dsn(), autocommit=True)
+            _reset_connection = psycopg.connect(libpq_dsn(settings.database_url), autocommit=True)
         try:
             _reset_connection.execute(script)  # type: ignore[arg-type]  # a fixed script, no parameters
             return
@@ -173,11 +174,6 @@ def _empty_tables() -> None:
             _reset_connection.close()
             if attempt == 19:
                 raise
-
-
-def _sync_dsn() -> str:
-    """The test database's URL as libpq reads it (without SQLAlchemy's driver name)."""
-    return get_sync_engine().url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @pytest.fixture(autouse=True)
