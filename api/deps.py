@@ -13,9 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import State
 
 from api.auth import authenticate, basic_scheme, bearer_scheme
-from core.db import bind_statement_pool
 from core.errors import CredentialsRequired, RoleRequired, TokenUserGone
-from core.orders.intake import StatementUnit
+from core.orders.intake import StatementUnit, bind_batcher
 from core.types import MAX_ID, DecimalDigits
 from core.uow import Effects, take_effects
 from core.users import service as users_service
@@ -50,7 +49,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     )
     factory = state.read_sessionmaker if autocommit else state.sessionmaker
     async with factory() as session:
-        bind_statement_pool(session.sync_session, state.statement_pool)
+        bind_batcher(session.sync_session, state.intake_batcher)
         request.scope[_REQUEST_SESSION] = session
         try:
             async with _committed(session):
@@ -82,13 +81,14 @@ async def _run_effects(state: State, effects: Effects) -> None:
 @asynccontextmanager
 async def intake_unit(request: Request) -> AsyncIterator[AsyncSession | StatementUnit]:
     """The unit of work of an order intake (`core.orders.intake.submit_order`), for a route that
-    depends on no session: on PostgreSQL a `StatementUnit` (the statement pool, autocommit: no ORM
-    session, no BEGIN/COMMIT), whose effects run when the block is left without an exception; on
-    the embedded SQLite default a session committed (and its effects run) on leaving the block, or
-    rolled back if it raises. Either way the effects run before the response is sent."""
+    depends on no session: on PostgreSQL a `StatementUnit` (the intake batcher on the statement
+    pool, autocommit: no ORM session, no BEGIN/COMMIT), whose effects run when the block is left
+    without an exception; on the embedded SQLite default a session committed (and its effects run)
+    on leaving the block, or rolled back if it raises. Either way the effects run before the
+    response is sent."""
     state = request.app.state
-    if state.statement_pool is not None:
-        unit = StatementUnit(state.statement_pool, state.read_sessionmaker)
+    if state.intake_batcher is not None:
+        unit = StatementUnit(state.intake_batcher, state.read_sessionmaker)
         yield unit
         await _run_effects(state, unit.effects)
         return

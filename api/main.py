@@ -37,6 +37,7 @@ from core import redisconn
 from core.config import Settings, settings
 from core.db import make_async_engine, make_async_sessionmaker, make_statement_pool
 from core.logging import configure_logging
+from core.orders.intake import IntakeBatcher
 from core.users import service as users_service
 from core.users.models import Role
 from workers.celery_app import enqueue_reserve_orders
@@ -185,8 +186,14 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
             else app.state.sessionmaker
         )
         app.state.statement_pool = make_statement_pool(cfg)
+        app.state.intake_batcher = None
         if app.state.statement_pool is not None:
             await app.state.statement_pool.open()
+            app.state.intake_batcher = IntakeBatcher(
+                app.state.statement_pool,
+                max_batch=cfg.intake_max_batch,
+                max_statements=cfg.intake_max_statements,
+            )
         await ensure_first_admin(app, cfg)
         backends = open_backends(cfg)
         app.state.redis = backends.redis

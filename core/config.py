@@ -82,6 +82,18 @@ class Settings(BaseSettings):
         description="How long an API process gathers order ids into one reserve_orders task",
     )
     dispatch_max_batch: int = Field(default=100, ge=1, le=1000, description="Most order ids in one task")
+    # Group commit of the intake (core.orders.intake.IntakeBatcher, PostgreSQL only): an intake that
+    # finds fewer than INTAKE_MAX_STATEMENTS intake statements running runs alone at once; the others
+    # queue and go together in the next statement (docs/performance.md, "Group commit of the intake").
+    intake_max_batch: int = Field(
+        default=64, ge=1, le=1000, description="Most orders one intake statement stores (1: one order each)"
+    )
+    intake_max_statements: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="Intake statements an API process runs at once (at most DB_POOL_SIZE)",
+    )
     redis_effect_timeout_seconds: float = Field(
         default=0.25,
         gt=0,

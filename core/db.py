@@ -200,8 +200,6 @@ def make_async_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSess
 
 # --- single statements on the hot path --------------------------------------------------------------
 
-_STATEMENT_POOL = "orderflow.statement_pool"
-
 
 class StatementPool(AsyncConnectionPool):
     """psycopg's `AsyncConnectionPool` that never hands out a connection the server closed
@@ -248,17 +246,6 @@ def make_statement_pool(cfg: Settings = settings) -> StatementPool | None:
         open=False,
         name="orderflow-statements",
     )
-
-
-def bind_statement_pool(session: Session, pool: AsyncConnectionPool | None) -> None:
-    """Let the services run single statements of this unit of work on `pool` (the API's edge)."""
-    if pool is not None:
-        session.info[_STATEMENT_POOL] = pool
-
-
-def statement_pool(session: Session) -> AsyncConnectionPool | None:
-    """The pool `bind_statement_pool` gave this session, if any."""
-    return session.info.get(_STATEMENT_POOL)
 
 
 _lock = threading.Lock()

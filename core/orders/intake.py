@@ -18,23 +18,27 @@ which the key is read again. The embedded SQLite default takes the simpler path 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
 from psycopg.rows import namedtuple_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
-from core.db import pg_array, statement_pool, utcnow
+from core.db import pg_array, utcnow
 from core.errors import IdempotencyKeyReused, InvalidInput
 from core.inventory import unorderable
 from core.orders import service
@@ -153,6 +157,71 @@ SELECT (SELECT id FROM new_order) AS order_id,
 """
 _PRIOR_KEY_SQL = "SELECT order_id, request_hash FROM idempotency_keys WHERE scope = :scope AND key = :key"
 
+#: `_INTAKE_SQL` for several orders at once (`IntakeBatcher`): the orders' values are arrays, one
+#: element per order (`o_*`) or per line (`l_*`, with `l_ord`, the 1-based order it belongs to), and
+#: every order is decided on its own: stored when all its lines pass and its key is new, else left
+#: out, as the single statement decides. Order ids are drawn in `accepted` (materialised once, so
+#: each order's id is drawn once) to tie the inserted rows to the order they came from. One row per
+#: order comes back, in `ord` order, with the snapshot of its own products (`products`, as in
+#: `_INTAKE_SQL`) unless a prior key was found.
+_BATCH_SQL = f"""
+WITH o AS (
+    SELECT * FROM unnest(CAST(:o_uid AS integer[]), CAST(:o_mid AS varchar[]), CAST(:o_customer AS text[]),
+                         CAST(:o_scope AS varchar[]), CAST(:o_key AS varchar[]), CAST(:o_hash AS varchar[]),
+                         CAST(:o_actor AS varchar[]), CAST(:o_request_id AS varchar[]),
+                         CAST(:o_audit AS text[]), CAST(:o_lines AS integer[]), CAST(:o_now AS timestamptz[]))
+        WITH ORDINALITY AS o(uid, mid, customer, scope, key, hash, actor, request_id, audit, lines, at, ord)
+), req AS (
+    SELECT r.ord, r.product_id, r.quantity, r.position
+    FROM unnest(CAST(:l_ord AS integer[]), CAST(:l_pid AS integer[]), CAST(:l_qty AS integer[]),
+                CAST(:l_pos AS integer[])) AS r(ord, product_id, quantity, position)
+), snap AS (
+    SELECT p.id, p.name, p.price, p.stock, p.discontinued, p.manager_id
+    FROM products p
+    WHERE p.id = ANY(CAST(:l_pid AS integer[])) AND p.deleted_at IS NULL
+), ok AS (
+    SELECT req.ord, req.product_id, req.quantity, req.position, snap.name, snap.price
+    FROM req JOIN o ON o.ord = req.ord JOIN snap ON snap.id = req.product_id
+    WHERE NOT snap.discontinued AND snap.stock >= req.quantity
+      AND (o.mid IS NULL OR snap.manager_id = o.mid)
+), total AS (
+    SELECT ok.ord, count(*) AS n, sum(ok.price * ok.quantity) AS amount FROM ok GROUP BY ok.ord
+), prior AS (
+    SELECT o.ord, k.order_id, k.request_hash
+    FROM o JOIN idempotency_keys k ON k.scope = o.scope AND k.key = o.key
+), accepted AS MATERIALIZED (
+    SELECT o.*, total.amount, CAST(nextval('orders_id_seq') AS integer) AS id
+    FROM o JOIN total ON total.ord = o.ord
+    WHERE total.n = o.lines AND total.amount <= {service.MAX_ORDER_TOTAL}::numeric
+      AND NOT EXISTS (SELECT 1 FROM prior WHERE prior.ord = o.ord)
+), new_order AS (
+    INSERT INTO orders (id, status, user_id, manager_id, customer, total_price, error, attempts,
+                        created_at, updated_at, enqueued_at)
+    SELECT a.id, 'pending', a.uid, a.mid, CAST(a.customer AS json), a.amount, NULL, 0, a.at, a.at, a.at
+    FROM accepted a
+), new_lines AS (
+    INSERT INTO order_lines (order_id, product_id, position, name, quantity, unit_price)
+    SELECT a.id, ok.product_id, ok.position, ok.name, ok.quantity, ok.price
+    FROM accepted a JOIN ok ON ok.ord = a.ord
+), new_key AS (
+    INSERT INTO idempotency_keys (scope, key, request_hash, order_id, created_at)
+    SELECT a.scope, a.key, a.hash, a.id, a.at FROM accepted a WHERE a.key IS NOT NULL
+), new_audit AS (
+    INSERT INTO audit_log (at, actor, action, entity, entity_id, request_id, details)
+    SELECT a.at, a.actor, {_literal(AuditAction.ORDER_CREATE)}, {_literal(AuditEntity.ORDER)}, a.id::text,
+           a.request_id, (CAST(a.audit AS jsonb) || jsonb_build_object('total_price', a.amount::text))::json
+    FROM accepted a
+)
+SELECT o.ord, a.id AS order_id, p.order_id AS prior_order_id, p.request_hash AS prior_hash,
+       CASE WHEN p.ord IS NULL THEN
+           (SELECT json_agg(json_build_array(s.id, s.name, s.price::text, s.stock, s.discontinued,
+                                             s.manager_id))
+            FROM req r JOIN snap s ON s.id = r.product_id WHERE r.ord = o.ord)
+       END AS products
+FROM o LEFT JOIN accepted a ON a.ord = o.ord LEFT JOIN prior p ON p.ord = o.ord
+ORDER BY o.ord
+"""
+
 
 def _pyformat(sql: str) -> str:
     """`:name` parameters as psycopg's `%(name)s` (`::type` casts are left alone)."""
@@ -162,6 +231,7 @@ def _pyformat(sql: str) -> str:
 #: The statements as psycopg runs them (`%(name)s` parameters).
 _INTAKE_PG = _pyformat(_INTAKE_SQL)
 _PRIOR_KEY_PG = _pyformat(_PRIOR_KEY_SQL)
+_BATCH_PG = _pyformat(_BATCH_SQL)
 
 
 @dataclass(frozen=True)
@@ -174,14 +244,168 @@ class _Product:
     manager_id: str | None
 
 
+#: A queued intake: its `_INTAKE_SQL` parameters, its (product_id, quantity) lines, and the future its
+#: request awaits (the batch row, or None to run alone).
+_Queued = tuple[dict[str, Any], list[tuple[int, int]], "asyncio.Future[Any]"]
+
+
+class IntakeBatcher:
+    """Group commit of one process's intakes on PostgreSQL: the intake statements run on `pool` (the
+    statement pool, autocommit connections), at most `max_statements` at once. An intake that finds a
+    free slot and nobody queued runs alone at once (`_INTAKE_SQL`: no added latency); the others queue
+    and go together, up to `max_batch` orders, in the next statement (`_BATCH_SQL`), which each order
+    passes or fails on its own. Under load that is one round trip, one commit and one WAL flush for
+    many orders instead of one each (docs/performance.md, "Group commit of the intake").
+
+    A batch statement that fails on something one of its orders could cause (a unique idempotency key
+    first used twice at once, any data error) is not the others' fault: each of its orders then runs
+    alone, so only the order at fault gets the error. A failure of the database itself
+    (`psycopg.OperationalError`, `psycopg_pool.PoolTimeout`) is every queued order's error, as it would
+    have been alone. Event-loop bound: make and use it on the API process's loop."""
+
+    def __init__(self, pool: AsyncConnectionPool, *, max_batch: int = 64, max_statements: int = 2) -> None:
+        self.pool = pool
+        self.max_batch = max_batch
+        self.max_statements = max(1, min(max_statements, pool.max_size))
+        self._queue: deque[_Queued] = deque()
+        self._running = 0
+        self._drains: set[asyncio.Task[None]] = set()
+
+    async def run(self, params: dict[str, Any], lines: list[tuple[int, int]]) -> tuple[Any, Any]:
+        """The intake of one order: `_run`'s (row, prior) for `params` (`_INTAKE_SQL`'s parameters),
+        whose (product_id, quantity) `lines` the batch statement reads. Raises what `_run` raises."""
+        if self._running < self.max_statements and not self._queue:
+            self._running += 1
+            try:
+                return await self._alone(params)
+            finally:
+                self._running -= 1
+                self._start_drains()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((params, lines, future))
+        self._start_drains()
+        outcome = await future
+        if outcome is None:  # the batch failed on one of its orders: each runs alone
+            return await self._alone(params)
+        return outcome, None
+
+    async def _alone(self, params: dict[str, Any]) -> tuple[Any, Any]:
+        conn = await self.pool.getconn()
+        try:
+            return await _run(conn, params)
+        finally:
+            await self.pool.putconn(conn)
+
+    def _start_drains(self) -> None:
+        while self._queue and self._running < self.max_statements:
+            self._running += 1
+            task = asyncio.create_task(self._drain(), name="intake-batch")
+            self._drains.add(task)
+            task.add_done_callback(self._drains.discard)
+
+    async def _drain(self) -> None:
+        """Run queued intakes, `max_batch` at a time, until none is left; then free the slot."""
+        try:
+            while self._queue:
+                batch: list[_Queued] = []
+                while self._queue and len(batch) < self.max_batch:
+                    item = self._queue.popleft()
+                    if not item[2].done():  # its request was cancelled: leave it out
+                        batch.append(item)
+                if batch:
+                    await self._run_batch(batch)
+        finally:
+            self._running -= 1
+
+    async def _run_batch(self, batch: list[_Queued]) -> None:
+        futures = [future for _, _, future in batch]
+        try:
+            if len(batch) == 1:
+                row, prior = await self._alone(batch[0][0])
+                outcomes = [row if prior is None else None]  # a lost key race: run alone again
+            else:
+                outcomes = await self._together([(params, lines) for params, lines, _ in batch])
+        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
+            _settle(futures, exc)
+            return
+        except psycopg.Error:
+            outcomes = [None] * len(batch)
+        except BaseException as exc:
+            _settle(futures, exc)
+            raise
+        for future, outcome in zip(futures, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)
+
+    async def _together(self, orders: Sequence[tuple[dict[str, Any], list[tuple[int, int]]]]) -> list[Any]:
+        """`_BATCH_SQL` for `orders` on one connection: its row of each order, in order."""
+        conn = await self.pool.getconn()
+        try:
+            cursor = conn.cursor(row_factory=namedtuple_row)
+            await cursor.execute(_BATCH_PG, _batch_params(orders))
+            rows = await cursor.fetchall()
+        finally:
+            await self.pool.putconn(conn)
+        return rows
+
+
+def _settle(futures: list[asyncio.Future[Any]], exc: BaseException) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(exc)
+
+
+def _batch_params(orders: Sequence[tuple[dict[str, Any], list[tuple[int, int]]]]) -> dict[str, str]:
+    """`_BATCH_SQL`'s parameters: each order's `_INTAKE_SQL` parameters as array literals."""
+    columns: dict[str, list[Any]] = {
+        name: [] for name in ("uid", "mid", "customer", "scope", "key", "hash", "actor", "request_id")
+    }
+    columns["audit"] = []
+    counts: list[int] = []
+    stamps: list[str] = []
+    l_ord: list[int] = []
+    l_pid: list[int] = []
+    l_qty: list[int] = []
+    l_pos: list[int] = []
+    for number, (params, lines) in enumerate(orders, start=1):
+        for name, values in columns.items():
+            values.append(params[name])
+        counts.append(len(lines))
+        stamps.append(params["now"].isoformat())
+        for position, (pid, qty) in enumerate(lines):
+            l_ord.append(number)
+            l_pid.append(pid)
+            l_qty.append(qty)
+            l_pos.append(position)
+    arrays = {f"o_{name}": pg_array(values) for name, values in columns.items()}
+    arrays.update(
+        o_lines=pg_array(counts),
+        o_now=pg_array(stamps),
+        l_ord=pg_array(l_ord),
+        l_pid=pg_array(l_pid),
+        l_qty=pg_array(l_qty),
+        l_pos=pg_array(l_pos),
+    )
+    return arrays
+
+
+_INTAKE_BATCHER = "orderflow.intake_batcher"
+
+
+def bind_batcher(session: Session, batcher: IntakeBatcher | None) -> None:
+    """Let `submit_order` run this session's intake on `batcher` (the API's edge; PostgreSQL)."""
+    if batcher is not None:
+        session.info[_INTAKE_BATCHER] = batcher
+
+
 @dataclass
 class StatementUnit:
-    """The unit of work of an intake that needs no ORM session (the API on PostgreSQL): `pool`, the
-    statement pool its one statement runs on in autocommit mode (the statement is its own
+    """The unit of work of an intake that needs no ORM session (the API on PostgreSQL): `batcher`,
+    which runs its statement on the statement pool in autocommit mode (the statement is its own
     transaction), `reads`, the factory of the short-lived session a replay reads the first order
     with, and `effects`, what the edge runs once the statement has returned (`core.uow`)."""
 
-    pool: AsyncConnectionPool
+    batcher: IntakeBatcher
     reads: async_sessionmaker[AsyncSession]
     effects: Effects = field(default_factory=Effects)
 
@@ -194,22 +418,23 @@ async def submit_order(unit: AsyncSession | StatementUnit, request: OrderRequest
     the total exceeds `service.MAX_ORDER_TOTAL`, Conflict (409) when the idempotency key was used with
     another body. A replay returns the first order (`replayed=True`) and dispatches nothing.
     `unit` is a `StatementUnit`, or a session: on PostgreSQL one in autocommit mode (the statement is
-    then its own transaction), run on the statement pool bound to it if any (`core.db.statement_pool`)."""
+    then its own transaction), run through the batcher bound to it if any (`bind_batcher`)."""
     if isinstance(unit, StatementUnit):
-        return await _submit_pg(unit.pool, unit.reads, unit.effects, request)
+        return await _submit_pg(unit.batcher, unit.reads, unit.effects, request)
     if unit.get_bind().dialect.name != "postgresql":
         return await unit.run_sync(_submit_sync, request)
-    return await _submit_pg(unit, unit, effects_of(unit.sync_session), request)
+    batcher: IntakeBatcher | None = unit.sync_session.info.get(_INTAKE_BATCHER)
+    return await _submit_pg(batcher or unit, unit, effects_of(unit.sync_session), request)
 
 
 async def _submit_pg(
-    on: AsyncConnectionPool | AsyncSession,
+    on: IntakeBatcher | AsyncSession,
     reads: async_sessionmaker[AsyncSession] | AsyncSession,
     effects: Effects,
     request: OrderRequest,
 ) -> Intake:
-    """The intake statement on `on` (a pool, or a session in autocommit mode); a replay reads the first
-    order with `reads` (a session factory, or the session)."""
+    """The intake statement through `on` (the batcher, or a session in autocommit mode); a replay
+    reads the first order with `reads` (a session factory, or the session)."""
     fingerprint = _fingerprint(request) if request.idempotency_key is not None else None
     now = utcnow()
     params = {
@@ -227,17 +452,9 @@ async def _submit_pg(
         "audit": json.dumps({"lines": len(request.lines), **request.audit_details}),
     }
     if isinstance(on, AsyncSession):
-        pool = statement_pool(on.sync_session)
-        if pool is not None:
-            on = pool
-    if isinstance(on, AsyncSession):
         row, prior = await _run(await _driver_connection(on), params)
     else:
-        conn = await on.getconn()
-        try:
-            row, prior = await _run(conn, params)
-        finally:
-            await on.putconn(conn)
+        row, prior = await on.run(params, request.lines)
     if prior is not None:
         return await _replay(reads, request, prior.order_id, prior.request_hash, fingerprint)
     if row.order_id is None:

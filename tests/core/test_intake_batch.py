@@ -1,0 +1,235 @@
+"""The intake's group commit (`core.orders.intake.IntakeBatcher`) on the real PostgreSQL: orders that
+queue while an intake statement runs are stored by one statement, each decided on its own
+(CONTRACT.md, "Orders": the refusals of `POST /orders`; "Processing guarantees": an accepted order is
+stored with its lines, its key and its audit row, or not at all).
+
+Each test makes a batcher of one statement at a time on the test app's statement pool: the first
+intake of a `gather` runs alone, the rest queue behind it and go together."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from sqlalchemy import func, select
+
+from core.audit.models import AuditEntry
+from core.config import settings
+from core.db import make_statement_pool
+from core.errors import IdempotencyKeyReused, InsufficientStock, ProductDiscontinued, ProductNotFound
+from core.orders.intake import Intake, IntakeBatcher, OrderRequest, StatementUnit, submit_order
+from core.orders.models import IdempotencyKey, Order, OrderLine
+from tests.conftest import create_product
+
+
+class CountingBatcher(IntakeBatcher):
+    """Records the size of every batch statement."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[int] = []
+
+    async def _together(self, orders):  # type: ignore[no-untyped-def]
+        self.batches.append(len(orders))
+        return await super()._together(orders)
+
+
+def batcher(app, max_batch: int = 64) -> CountingBatcher:
+    return CountingBatcher(app.state.statement_pool, max_batch=max_batch, max_statements=1)
+
+
+def request(lines: list[tuple[int, int]], *, key: str | None = None, **extra: Any) -> OrderRequest:
+    return OrderRequest(lines=lines, actor="admin", scope="user:1", user_id=1, idempotency_key=key, **extra)
+
+
+async def submit_all(app, on: IntakeBatcher, requests: list[OrderRequest]) -> list[Any]:
+    def unit() -> StatementUnit:
+        return StatementUnit(on, app.state.read_sessionmaker)
+
+    return await asyncio.gather(*(submit_order(unit(), r) for r in requests), return_exceptions=True)
+
+
+def count(db, model) -> int:
+    return db.execute(select(func.count()).select_from(model)).scalar_one()
+
+
+async def test_queued_orders_are_stored_by_one_statement_each_whole(client, app, db):
+    products = [await create_product(client, name=f"P{i}", price=f"{i}.25", stock=100) for i in range(1, 4)]
+    ids = [p["id"] for p in products]
+    shapes = [[(ids[i % 3], 1 + i % 4)] + ([(ids[(i + 1) % 3], 2)] if i % 2 else []) for i in range(30)]
+    on = batcher(app)
+
+    results = await submit_all(app, on, [request(lines) for lines in shapes])
+
+    assert all(isinstance(r, Intake) and not r.replayed for r in results), results
+    assert max(on.batches) >= 10, on.batches  # they did go together
+    assert len({r.order.id for r in results}) == 30
+    db.expire_all()
+    for result, lines in zip(results, shapes, strict=True):
+        view = result.order
+        stored = db.get(Order, view.id)
+        assert stored.status == "pending" and stored.user_id == 1
+        assert (
+            stored.total_price
+            == view.total_price
+            == sum(
+                Decimal(products[ids.index(pid)]["price"]).quantize(Decimal("0.01")) * qty
+                for pid, qty in lines
+            )
+        )
+        assert stored.created_at == view.created_at
+        rows = db.execute(
+            select(OrderLine.product_id, OrderLine.quantity, OrderLine.position, OrderLine.name)
+            .where(OrderLine.order_id == view.id)
+            .order_by(OrderLine.position)
+        ).all()
+        assert [(r.product_id, r.quantity, r.position) for r in rows] == [
+            (pid, qty, n) for n, (pid, qty) in enumerate(lines)
+        ]
+        assert [r.name for r in rows] == [line.name for line in view.lines]
+    audits = db.execute(select(AuditEntry.entity_id).where(AuditEntry.action == "order.create")).scalars()
+    assert sorted(int(a) for a in audits) == sorted(r.order.id for r in results)
+
+
+async def test_a_refused_order_fails_alone_in_its_batch(client, app, db):
+    good = await create_product(client, name="Good", stock=100)
+    scarce = await create_product(client, name="Scarce", stock=2)
+    gone = await create_product(client, name="Discontinued", discontinued=True)
+    requests = [
+        request([(good["id"], 1)]),
+        request([(good["id"], 1)]),
+        request([(good["id"], 1), (scarce["id"], 3)]),  # one line short: the whole order is refused
+        request([(good["id"], 1)]),
+        request([(gone["id"], 1)]),
+        request([(999_999, 1)]),
+        request([(good["id"], 1)], manager_id="mgr_other"),  # another manager's product for a store order
+        request([(good["id"], 2), (scarce["id"], 2)]),
+    ]
+    on = batcher(app)
+
+    results = await submit_all(app, on, requests)
+
+    assert on.batches == [7]
+    kinds = [type(r) for r in results]
+    assert kinds == [
+        Intake,
+        Intake,
+        InsufficientStock,
+        Intake,
+        ProductDiscontinued,
+        ProductNotFound,
+        ProductNotFound,
+        Intake,
+    ]
+    stored = [r.order.id for r in results if isinstance(r, Intake)]
+    db.expire_all()
+    assert count(db, Order) == len(stored) == 4
+    assert count(db, OrderLine) == 5
+    assert db.execute(select(func.count()).where(AuditEntry.action == "order.create")).scalar_one() == 4
+
+
+async def test_one_key_twice_in_a_batch_stores_one_order(client, app, db):
+    product = await create_product(client, stock=100)
+    on = batcher(app)
+    unit = StatementUnit(on, app.state.read_sessionmaker)
+    first = await submit_order(unit, request([(product["id"], 1)], key="k0"))
+
+    results = await submit_all(
+        app,
+        on,
+        [
+            request([(product["id"], 9)]),  # runs alone: the others queue behind it
+            request([(product["id"], 1)], key="k1"),
+            request([(product["id"], 1)], key="k1"),  # the same key and body: a replay
+            request([(product["id"], 2)], key="k1"),  # the same key, another body: 409
+            request([(product["id"], 1)], key="k0"),  # stored before: a replay
+            request([(product["id"], 3)]),
+        ],
+    )
+
+    # The batch failed on the unique key; each of its orders then ran alone.
+    assert on.batches == [5]
+    alone, k1, k1_again, k1_other, k0, last = results
+    assert isinstance(alone, Intake) and isinstance(last, Intake) and not last.replayed
+    assert not k1.replayed and k1_again.replayed and k1_again.order.id == k1.order.id
+    assert isinstance(k1_other, IdempotencyKeyReused)
+    assert k0.replayed and k0.order.id == first.order.id
+    db.expire_all()
+    assert count(db, Order) == 4
+    assert count(db, IdempotencyKey) == 2
+
+
+async def test_a_replay_in_a_batch_needs_no_fallback(client, app):
+    product = await create_product(client, stock=100)
+    on = batcher(app)
+    unit = StatementUnit(on, app.state.read_sessionmaker)
+    first = await submit_order(unit, request([(product["id"], 1)], key="again"))
+
+    results = await submit_all(
+        app, on, [request([(product["id"], 1)])] + [request([(product["id"], 1)], key="again")] * 3
+    )
+
+    assert on.batches == [3]
+    assert all(r.replayed and r.order.id == first.order.id for r in results[1:])
+
+
+async def test_batches_hold_at_most_max_batch_orders(client, app, db):
+    product = await create_product(client, stock=100)
+    on = batcher(app, max_batch=3)
+
+    results = await submit_all(app, on, [request([(product["id"], 1)]) for _ in range(11)])
+
+    assert all(isinstance(r, Intake) for r in results)
+    assert on.batches and max(on.batches) <= 3
+    assert sum(on.batches) <= 10  # the first ran alone
+    db.expire_all()
+    assert count(db, Order) == 11
+
+
+async def test_a_cancelled_intake_is_left_out_of_its_batch(client, app, db):
+    product = await create_product(client, stock=100)
+    on = batcher(app)
+    unit = StatementUnit(on, app.state.read_sessionmaker)
+    tasks = [asyncio.create_task(submit_order(unit, request([(product["id"], 1)]))) for _ in range(5)]
+    await asyncio.sleep(0)  # every task is running or queued
+    tasks[2].cancel()
+
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert on.batches == [3]
+    db.expire_all()
+    assert count(db, Order) == 4
+
+
+class HeldBatcher(CountingBatcher):
+    """Its first intake waits for `release` before it runs, so that the next ones queue."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = asyncio.Event()
+
+    async def _alone(self, params):  # type: ignore[no-untyped-def]
+        if not self.release.is_set():
+            await self.release.wait()
+        return await super()._alone(params)
+
+
+async def test_a_database_failure_is_every_queued_orders_error(client, app):
+    product = await create_product(client, stock=100)
+    pool = make_statement_pool(settings)
+    assert pool is not None
+    await pool.open()
+    on = HeldBatcher(pool, max_statements=1)
+    unit = StatementUnit(on, app.state.read_sessionmaker)
+    tasks = [asyncio.create_task(submit_order(unit, request([(product["id"], 1)]))) for _ in range(4)]
+    await asyncio.sleep(0)  # the first holds the one slot, the others are queued
+    await pool.close()
+    on.release.set()
+
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert on.batches == [3]
+    assert all(isinstance(r, psycopg.OperationalError) for r in results), results
