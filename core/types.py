@@ -46,6 +46,30 @@ Money = Annotated[
 ]
 
 
+#: The largest order total a column holds (`orders.total_price NUMERIC(14, 2)`); a larger order is
+#: refused at intake (`OrderTotalTooLarge`, 400).
+MAX_ORDER_TOTAL = Decimal("999999999999.99")
+
+#: An order's total in a response: up to `MAX_ORDER_TOTAL`, two more whole digits than `Money` (a
+#: line's quantity times its unit price can exceed one unit price's NUMERIC(12, 2)), written to JSON
+#: as a number like `Money`. Only ever built from stored totals, never read from a request.
+OrderTotal = Annotated[
+    Decimal,
+    Field(ge=0, max_digits=14, decimal_places=2, examples=[44.97]),
+    PlainSerializer(float, return_type=float, when_used="json"),
+    WithJsonSchema(
+        {
+            "type": "number",
+            "minimum": 0,
+            "maximum": float(MAX_ORDER_TOTAL),
+            "multipleOf": 0.01,
+            "examples": [44.97],
+        },
+        mode="serialization",
+    ),
+]
+
+
 def _whole_number(value: object) -> object:
     """A JSON number without a fractional part (`2.0`) as the integer it is (JSON Schema counts it
     as an integer, so the OpenAPI document's `integer` fields accept it); anything else unchanged,

@@ -43,6 +43,7 @@ from core.errors import IdempotencyKeyReused, InvalidInput
 from core.inventory import unorderable
 from core.orders import service
 from core.orders.states import INITIAL_STATUS
+from core.types import MAX_ORDER_TOTAL
 from core.uow import Effects, effects_of
 
 
@@ -130,7 +131,7 @@ WITH req AS (
            total.amount, NULL, 0, :now, :now, :now
     FROM total
     WHERE total.n = cardinality(CAST(:pids AS integer[]))
-      AND total.amount <= {service.MAX_ORDER_TOTAL}::numeric
+      AND total.amount <= {MAX_ORDER_TOTAL}::numeric
       AND NOT EXISTS (SELECT 1 FROM prior)
     RETURNING id
 ), new_lines AS (
@@ -192,7 +193,7 @@ WITH o AS (
 ), accepted AS MATERIALIZED (
     SELECT o.*, total.amount, CAST(nextval('orders_id_seq') AS integer) AS id
     FROM o JOIN total ON total.ord = o.ord
-    WHERE total.n = o.lines AND total.amount <= {service.MAX_ORDER_TOTAL}::numeric
+    WHERE total.n = o.lines AND total.amount <= {MAX_ORDER_TOTAL}::numeric
       AND NOT EXISTS (SELECT 1 FROM prior WHERE prior.ord = o.ord)
 ), new_order AS (
     INSERT INTO orders (id, status, user_id, manager_id, customer, total_price, error, attempts,
@@ -415,7 +416,7 @@ async def submit_order(unit: AsyncSession | StatementUnit, request: OrderRequest
 
     Raises ProductNotFound (404; a product that does not exist, was deleted, or, for a store order,
     is another manager's), ProductDiscontinued (400), InsufficientStock (400), InvalidInput (400) when
-    the total exceeds `service.MAX_ORDER_TOTAL`, Conflict (409) when the idempotency key was used with
+    the total exceeds `core.types.MAX_ORDER_TOTAL`, Conflict (409) when the idempotency key was used with
     another body. A replay returns the first order (`replayed=True`) and dispatches nothing.
     `unit` is a `StatementUnit`, or a session: on PostgreSQL one in autocommit mode (the statement is
     then its own transaction), run through the batcher bound to it if any (`bind_batcher`)."""
@@ -526,7 +527,7 @@ def _raise_refusal(request: OrderRequest, products: dict[int, _Product]) -> None
     if refusal is not None:
         raise refusal
     total = sum((products[pid].price * qty for pid, qty in request.lines), Decimal("0.00"))
-    if total > service.MAX_ORDER_TOTAL:
+    if total > MAX_ORDER_TOTAL:
         raise service.total_too_large(total)
     raise InvalidInput("The order could not be stored; please send it again.")  # pragma: no cover
 

@@ -17,7 +17,7 @@ from pydantic import (
 )
 
 from core.orders.states import SETTABLE_STATUSES
-from core.types import MAX_QUANTITY, Id, Money, Quantity
+from core.types import MAX_QUANTITY, Id, Money, OrderTotal, Quantity
 
 MAX_ORDER_LINES = 100
 
@@ -135,7 +135,7 @@ class OrderRead(BaseModel):
     products: list[OrderLineRead]
     product_id: int | None = None
     quantity: int | None = None
-    total_price: Money
+    total_price: OrderTotal
     user_id: int | None
     customer: dict[str, Any] | None
     error: OrderError | None

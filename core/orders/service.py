@@ -52,10 +52,8 @@ from core.orders.states import (
     transition,
 )
 from core.products import repository as products_repo
+from core.types import MAX_ORDER_TOTAL
 from core.uow import effects_of
-
-#: The largest order total that `orders.total_price NUMERIC(14, 2)` holds.
-MAX_ORDER_TOTAL = Decimal("999999999999.99")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, EmailStr, Field, mo
 from core.orders.schemas import merge_lines, over_quantity_limit
 from core.products.repository import MAX_STOCK
 from core.store.ids import OrderIdOut, ProductIdOut, ProductRef
-from core.types import MANAGER_ID_MAX_LENGTH, MAX_QUANTITY, JsonInteger, Money, Quantity
+from core.types import MANAGER_ID_MAX_LENGTH, MAX_QUANTITY, JsonInteger, Money, OrderTotal, Quantity
 
 #: Most products in one `POST /api/inventory/products` batch.
 MAX_BATCH = 1000
@@ -197,4 +197,4 @@ class ProcessedOrder(BaseModel):
 
     order_id: OrderIdOut
     status: str = Field(examples=["processed"])
-    total_amount: Money | None = None
+    total_amount: OrderTotal | None = None

@@ -417,6 +417,20 @@ async def test_a_total_too_large_to_store_is_refused_not_a_500(client):
     assert await order_count(client) == 0
 
 
+async def test_a_total_above_one_unit_prices_range_is_answered_not_a_500(client):
+    """A total has two more whole digits than a unit price (NUMERIC(14, 2) against (12, 2)): an order
+    of 200 units at 100,000,000.00 is stored and rendered, on intake and when read back."""
+    product = await create_product(client, price=100_000_000, stock=1_000)
+
+    response = await client.post("/orders", json={"product_id": product["id"], "quantity": 200})
+
+    assert response.status_code == 202, response.text
+    assert response.json()["total_price"] == 20_000_000_000.0
+    read = await client.get(response.headers["location"])
+    assert read.status_code == 200, read.text
+    assert read.json()["total_price"] == 20_000_000_000.0
+
+
 async def test_merged_lines_over_the_quantity_cap_are_refused(client):
     product = await create_product(client, stock=10)
     line = {"product_id": product["id"], "quantity": 600_000}

@@ -345,6 +345,18 @@ async def test_processed_order_can_be_read_back(anon):
     assert (await anon.get("/api/orders/ord_0001")).status_code == 200
 
 
+async def test_a_total_above_one_unit_prices_range_is_answered(anon):
+    await seed(
+        anon, {"manager_id": MGR, "products": [{"name": "Dear", "price": 100_000_000, "quantity": 1_000}]}
+    )
+
+    response = await anon.post("/api/orders/process", json=order_body(("prod_001", 200)))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["total_amount"] == 20_000_000_000.0
+    assert (await anon.get("/api/orders/ord_001")).json()["total_amount"] == 20_000_000_000.0
+
+
 async def test_unknown_order_is_404(anon):
     error = assert_store_error(await anon.get("/api/orders/ord_789"), 404, "ORDER_NOT_FOUND")
     assert error["details"] == {"order_id": "ord_789"}
