@@ -5,9 +5,11 @@ idempotency key and its audit row, and register its dispatch as an after-commit 
 On PostgreSQL all of that is **one statement** (`_INTAKE_SQL`, a data-modifying CTE), run in
 autocommit mode: a single statement is atomic, so the order, its lines, its key and its audit row are
 stored together or not at all, in one round trip. The API runs it straight on a psycopg connection of
-its statement pool (`core.db.statement_pool`: no ORM session on the hot path), where psycopg prepares
-it once per connection. The checks and the inserts read the same snapshot; when a check
-fails nothing is inserted and the products' rows come back so the reason can be told exactly.
+its statement pool (`core.db.make_statement_pool`: no ORM session on the hot path), where psycopg
+prepares it once per connection, through `IntakeBatcher`: intakes that queue while others run are
+stored together by one statement (`_BATCH_SQL`, group commit), each order decided on its own. The
+checks and the inserts read the same snapshot; when a check fails nothing is inserted and the
+products' rows come back so the reason can be told exactly.
 
 Idempotency keys (scope, key) are unique: a key already stored makes the statement insert nothing
 and return the first order's id (a replay, or 409 for another body); a concurrent first use of the
