@@ -34,7 +34,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
 from psycopg.rows import namedtuple_row
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
@@ -248,7 +248,7 @@ class _Product:
 
 
 #: A queued intake: its `_INTAKE_SQL` parameters, its (product_id, quantity) lines, and the future its
-#: request awaits (the batch row, or None to run alone).
+#: request awaits (`_run`'s (row, prior), or None to run alone).
 _Queued = tuple[dict[str, Any], list[tuple[int, int]], "asyncio.Future[Any]"]
 
 
@@ -287,10 +287,10 @@ class IntakeBatcher:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((params, lines, future))
         self._start_drains()
-        outcome = await future
+        outcome: tuple[Any, Any] | None = await future
         if outcome is None:  # the batch failed on one of its orders: each runs alone
             return await self._alone(params)
-        return outcome, None
+        return outcome
 
     async def _alone(self, params: dict[str, Any]) -> tuple[Any, Any]:
         conn = await self.pool.getconn()
@@ -324,14 +324,16 @@ class IntakeBatcher:
         futures = [future for _, _, future in batch]
         try:
             if len(batch) == 1:
-                row, prior = await self._alone(batch[0][0])
-                outcomes = [row if prior is None else None]  # a lost key race: run alone again
+                outcomes: list[tuple[Any, Any] | None] = [await self._alone(batch[0][0])]
             else:
-                outcomes = await self._together([(params, lines) for params, lines, _ in batch])
-        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
-            _settle(futures, exc)
-            return
-        except psycopg.Error:
+                rows = await self._together([(params, lines) for params, lines, _ in batch])
+                outcomes = [(row, None) for row in rows]
+        except psycopg.Error as exc:
+            # The database's own failure (`PoolTimeout` is an `OperationalError`) is everyone's; a
+            # lone order's error is its own; otherwise each order of the batch runs alone.
+            if len(batch) == 1 or isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+                _settle(futures, exc)
+                return
             outcomes = [None] * len(batch)
         except BaseException as exc:
             _settle(futures, exc)
@@ -358,12 +360,13 @@ def _settle(futures: list[asyncio.Future[Any]], exc: BaseException) -> None:
             future.set_exception(exc)
 
 
+#: The `_INTAKE_SQL` parameters that `_BATCH_SQL` takes as one array each (`o_<name>`).
+_ORDER_COLUMNS = ("uid", "mid", "customer", "scope", "key", "hash", "actor", "request_id", "audit")
+
+
 def _batch_params(orders: Sequence[tuple[dict[str, Any], list[tuple[int, int]]]]) -> dict[str, str]:
     """`_BATCH_SQL`'s parameters: each order's `_INTAKE_SQL` parameters as array literals."""
-    columns: dict[str, list[Any]] = {
-        name: [] for name in ("uid", "mid", "customer", "scope", "key", "hash", "actor", "request_id")
-    }
-    columns["audit"] = []
+    columns: dict[str, list[Any]] = {name: [] for name in _ORDER_COLUMNS}
     counts: list[int] = []
     stamps: list[str] = []
     l_ord: list[int] = []
