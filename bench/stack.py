@@ -46,10 +46,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import uvloop
 from rich.console import Console
 
 from bench import anchors, procstat
-from bench.client import TRANSPORT_ERRORS, BenchError, Target, create_product, login
+from bench.client import BenchError, Target, create_product, login
+from bench.openloop import TRANSPORT_ERRORS, OpenLoopClient, request_bytes
 from bench.phases import PRODUCT_PRICE, Product, Run, closed_loop, probe_order, setup_products
 from bench.report import machine_info, plot_sweep, timestamp
 from bench.scratch import celery_worker_command
@@ -406,6 +408,16 @@ class Database:
                 admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
             self.created = False
 
+    def autovacuum(self) -> bool:
+        """Whether the cluster runs autovacuum (the CI machines' PostgreSQL does not)."""
+        return str(self.one("SHOW autovacuum")[0]) == "on"
+
+    def analyze(self) -> float:
+        """ANALYZE the run's database; returns the seconds it took."""
+        started = time.monotonic()
+        self.conn.execute("ANALYZE")
+        return time.monotonic() - started
+
     def one(self, sql: str, params: Sequence[Any] | None = None) -> Any:
         row = self.conn.execute(sql, params).fetchone()
         return None if row is None else row
@@ -651,8 +663,22 @@ class StackRun:
                 "redis_pid": self.redis_server,
                 "migrate_seconds": round(time.monotonic() - started, 2),
                 "logs": str(self.logs),
+                "autovacuum": self.db.autovacuum(),
             }
         )
+
+    def autoanalyze(self, label: str) -> None:
+        """ANALYZE the run's database before a measured phase when the cluster runs without
+        autovacuum (the CI machines' PostgreSQL: `autovacuum = off`). A production cluster's
+        autovacuum analyzes each table once a tenth of it changed; without it the tables of the
+        run's fresh database never get statistics and the planner, guessing, reads the whole of
+        `orders` and `order_lines` for each batch of the workers, a cost that grows with every order
+        stored and that no deployment pays. What it took is kept in `stack.analyze`."""
+        if self.results["stack"].get("autovacuum", True):
+            return
+        seconds = self.db.analyze()
+        runs = self.results["stack"].setdefault("analyze", [])
+        runs.append({"before": label, "seconds": round(seconds, 3)})
 
     def _run_once(self, name: str, command: list[str], within: float) -> int:
         managed = self.procs.start(name, command, env=self.env(), cwd=self.project, log_path=self.log(name))
@@ -773,6 +799,7 @@ class StackRun:
             settled, left = self.db.wait_settled(self.args.settle_timeout)
             if not settled:
                 self.note(f"{label}: {left} warm-up order(s) still pending after --settle-timeout")
+        self.autoanalyze(label)
         meter = self.meter()
         marker = self.db.max_order_id()
         spies = self.start_profilers(profile) if profile else []
@@ -1013,6 +1040,7 @@ class StackRun:
             figures = await closed_loop(run, orders, self.args.concurrency, self.args.settle_timeout, "hot")
             return product, figures, run
 
+        self.autoanalyze("hot")
         marker = self.db.max_order_id()
         started = time.time()
         product, figures, run = asyncio.run(go())
@@ -1058,8 +1086,11 @@ class StackRun:
         self.console.print(
             f"[bold]{label}[/]: Poisson arrivals at {rate:g}/s for {self.args.open_duration:g} s"
         )
+        self.autoanalyze(label)
         marker = self.db.max_order_id()
-        samples, dispatch = asyncio.run(
+        meter = self.meter()
+        start = meter.snapshot()
+        samples, dispatch = uvloop.run(  # the client's own CPU shares the machine: keep it small
             open_loop(
                 self.target(token),
                 [p.id for p in self.products],
@@ -1071,12 +1102,18 @@ class StackRun:
             )
         )
         settled, _ = self.db.wait_settled(self.args.settle_timeout)
+        cpu = CpuMeter.delta(start, meter.snapshot())
         ids = [s.order_id for s in samples if s.order_id is not None]
         times = self.db.order_times(ids) if ids else {}
         window = self.db.window(marker)
         figures = open_figures(samples, times, rate, self.args.open_duration, dispatch)
         figures["settled"] = settled
         figures["db_statuses"] = window["statuses"]
+        cpu_ms = cpu_ms_of(cpu)
+        cpu_ms["loadgen"] = cpu_ms.pop("bench", 0.0)  # the open model's client runs in this process
+        figures["cpu"] = cpu
+        figures["cpu_ms_per_order"] = per_unit_ms(cpu_ms, int(window["orders"]))
+        figures["machine_busy_share"] = cpu["machine"]["busy_share"]
         if prefer is not None:
             figures["prefer"] = f"wait={prefer}"
         return figures
@@ -1106,30 +1143,36 @@ async def open_loop(
 ) -> tuple[list[OpenSample], float]:
     """Poisson arrivals: order i is sent at t0 + offset[i] whatever happened to the others, and its
     latency counts from that intended start. At most `connections` requests in flight (a wait for
-    one shows as send lag). Returns the samples and the seconds the dispatch took."""
+    one shows as send lag). The client is `bench.openloop`'s, lean on CPU. Returns the samples and
+    the seconds the dispatch took."""
     offsets = poisson_schedule(rate, duration, rng, cap=int(rate * duration * 2) + 100)
-    headers = {"Content-Type": "application/json"}
-    if prefer is not None:
-        headers["Prefer"] = f"wait={prefer}"
     samples: list[OpenSample] = []
     tasks: set[asyncio.Task[None]] = set()
-    async with target.session(connections) as session:
-        slots = asyncio.Semaphore(connections)
+    async with OpenLoopClient(target.url, connections, target.timeout) as client:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if target.token:
+            headers["Authorization"] = f"Bearer {target.token}"
+        if prefer is not None:
+            headers["Prefer"] = f"wait={prefer}"
+        requests = {
+            pid: request_bytes(
+                "POST",
+                client.path("orders"),
+                client.netloc,
+                headers,
+                json.dumps({"product_id": pid, "quantity": 1}).encode(),
+            )
+            for pid in product_ids
+        }
 
         async def one(sample: OpenSample, product_id: int) -> None:
-            async with slots:
-                sample.sent = time.perf_counter()
-                body = {"product_id": product_id, "quantity": 1}
-                try:
-                    async with session.post(
-                        "orders", json=body, headers=headers, allow_redirects=False
-                    ) as reply:
-                        raw = await reply.read()
-                        sample.status = reply.status
-                except TRANSPORT_ERRORS as exc:
-                    sample.error = type(exc).__name__
-                    return
-                sample.answered = time.perf_counter()
+            sample.sent = time.perf_counter()
+            try:
+                sample.status, raw = await client.send(requests[product_id])
+            except TRANSPORT_ERRORS as exc:
+                sample.error = type(exc).__name__
+                return
+            sample.answered = time.perf_counter()
             try:
                 payload = json.loads(raw) if sample.status in (200, 201, 202) and raw else None
             except ValueError:
@@ -1167,6 +1210,10 @@ def open_figures(
     (processed_at - created_at) of the open model's orders."""
     answered = [s for s in samples if s.answered is not None]
     finals = [t for oid, (status, t) in times.items() if t is not None and status in SETTLED_STATUSES]
+    start = samples[0].intended if samples else 0.0
+    seconds: dict[int, list[float]] = {}
+    for s in answered:
+        seconds.setdefault(int(s.intended - start), []).append(s.answered - s.intended)  # type: ignore[operator]
     return {
         "rate": rate,
         "duration_s": duration,
@@ -1177,6 +1224,7 @@ def open_figures(
         "send_lag": ms_summary([s.sent - s.intended for s in samples if s.sent]),
         "submit_to_final_db": ms_summary(finals),
         "final_statuses": count_by(status for status, _ in times.values()),
+        "submit_p99_ms_by_second": [ms_summary(seconds[k])["p99_ms"] for k in sorted(seconds)],
     }
 
 

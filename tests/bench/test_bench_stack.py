@@ -343,6 +343,7 @@ def test_open_figures_from_samples_and_database_times() -> None:
     assert figures["submit_to_final_db"]["count"] == 1
     assert figures["submit_to_final_db"]["p50_ms"] == 30.0
     assert figures["final_statuses"] == {"confirmed": 1, "pending": 1}
+    assert figures["submit_p99_ms_by_second"] == [49.7]  # the answered two (20, 50 ms), both in second 0
 
 
 # --- stock checks ------------------------------------------------------------------------------
