@@ -36,6 +36,7 @@ from api.waiters import OrderEventRelay
 from core import redisconn
 from core.config import Settings, settings
 from core.db import make_async_engine, make_async_sessionmaker, make_statement_pool
+from core.heap import freeze_startup_heap
 from core.logging import configure_logging
 from core.orders.intake import IntakeBatcher
 from core.users import service as users_service
@@ -207,6 +208,7 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
 
             worker = EmbeddedWorker()
             worker.start()
+        freeze_startup_heap()
         try:
             yield
         finally:

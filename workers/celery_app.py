@@ -31,6 +31,7 @@ from celery.signals import heartbeat_sent, worker_process_init, worker_ready, wo
 
 from core.config import settings
 from core.db import dispose_sync_engine
+from core.heap import freeze_startup_heap
 
 _log = logging.getLogger(__name__)
 
@@ -155,8 +156,16 @@ worker_shutdown.connect(heartbeat_file.remove, weak=False)
 
 @worker_process_init.connect
 def _reset_after_fork(**_: object) -> None:
-    """A forked pool process must not reuse its parent's database connections."""
+    """A forked pool process must not reuse its parent's database connections; what it inherited
+    from start-up is exempt from its collections (`core.heap`)."""
     dispose_sync_engine()
+    freeze_startup_heap()
+
+
+@worker_ready.connect
+def _started(**_: object) -> None:
+    """The main process's start-up heap is exempt from its collections (`core.heap`)."""
+    freeze_startup_heap()
 
 
 def enqueue_reserve_orders(order_ids: list[int]) -> bool:

@@ -101,3 +101,15 @@ def test_the_embedded_synchronous_backend_keeps_everything_in_this_process():
     version = cache.memory.version(MGR)
     memory.invalidate_listings([MGR])
     assert cache.memory.version(MGR) != version
+
+
+async def test_the_api_freezes_its_start_up_heap_before_it_serves(monkeypatch):
+    import os
+
+    from api.main import create_app
+    from core import heap
+
+    monkeypatch.setattr(heap, "_frozen_in", None)  # as in a process that has not started an app yet
+    application = create_app(settings, start_embedded_worker=False)
+    async with application.router.lifespan_context(application):
+        assert heap._frozen_in == os.getpid()
