@@ -85,11 +85,13 @@ class Settings(BaseSettings):
     # Group commit of the intake (core.orders.intake.IntakeBatcher, PostgreSQL only): an intake that
     # finds fewer than INTAKE_MAX_STATEMENTS intake statements running runs alone at once; the others
     # queue and go together in the next statement (docs/performance.md, "Group commit of the intake").
+    # One statement at a time: at half the peak rate, two let most intakes run alone, one statement
+    # each (docs/performance.md, "One intake statement at a time").
     intake_max_batch: int = Field(
         default=64, ge=1, le=1000, description="Most orders one intake statement stores (1: one order each)"
     )
     intake_max_statements: int = Field(
-        default=2,
+        default=1,
         ge=1,
         le=100,
         description="Intake statements an API process runs at once (at most DB_POOL_SIZE)",

@@ -266,7 +266,7 @@ class IntakeBatcher:
     (`psycopg.OperationalError`, `psycopg_pool.PoolTimeout`) is every queued order's error, as it would
     have been alone. Event-loop bound: make and use it on the API process's loop."""
 
-    def __init__(self, pool: AsyncConnectionPool, *, max_batch: int = 64, max_statements: int = 2) -> None:
+    def __init__(self, pool: AsyncConnectionPool, *, max_batch: int = 64, max_statements: int = 1) -> None:
         self.pool = pool
         self.max_batch = max_batch
         self.max_statements = max(1, min(max_statements, pool.max_size))
