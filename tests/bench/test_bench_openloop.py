@@ -32,7 +32,7 @@ async def server() -> AsyncIterator[Server]:
         return web.json_response({"id": len(state.seen), "status": "pending"}, status=202)
 
     async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(5)
+        await asyncio.sleep(0.6)  # past the client's timeout (0.2 s); the server's clean-up waits for it
         return web.json_response({})
 
     async def closing(request: web.Request) -> web.Response:
