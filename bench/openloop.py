@@ -15,7 +15,7 @@ that wait as send lag).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import cast
 from urllib.parse import urlsplit
@@ -93,7 +93,9 @@ class OpenLoopClient:
     """At most `connections` keep-alive connections to the host and port of `url`; an async context
     manager. `send(request)` takes an idle connection (or opens one, or waits for one), writes the
     prepared request (`request_bytes`) and returns `(status, body)`; it raises `TRANSPORT_ERRORS`,
-    `TimeoutError` after `timeout` seconds (the connection is then closed)."""
+    `TimeoutError` after `timeout` seconds (the connection is then closed). `on_write`, when given,
+    is called just before the request is written, once it has its connection (the open model's
+    send time: a wait for a connection is send lag)."""
 
     def __init__(self, url: str, connections: int, timeout: float) -> None:
         parts = urlsplit(url)
@@ -121,9 +123,11 @@ class OpenLoopClient:
         """`relative` (no leading slash) under the URL's path."""
         return self.base_path + relative
 
-    async def send(self, request: bytes) -> tuple[int, bytes]:
+    async def send(self, request: bytes, on_write: Callable[[], None] | None = None) -> tuple[int, bytes]:
         async with self._slots:
             connection = await self._take()
+            if on_write is not None:
+                on_write()
             try:
                 answer = await asyncio.wait_for(connection.send(request), self.timeout)
             except BaseException:

@@ -1166,9 +1166,11 @@ async def open_loop(
         }
 
         async def one(sample: OpenSample, product_id: int) -> None:
-            sample.sent = time.perf_counter()
+            def written() -> None:
+                sample.sent = time.perf_counter()
+
             try:
-                sample.status, raw = await client.send(requests[product_id])
+                sample.status, raw = await client.send(requests[product_id], on_write=written)
             except TRANSPORT_ERRORS as exc:
                 sample.error = type(exc).__name__
                 return

@@ -24,6 +24,7 @@ from bench.client import (
     list_movements,
     submit_order,
 )
+from tests.bench.stub_server import serving
 
 
 @dataclass
@@ -99,16 +100,9 @@ def _nobody_listening() -> str:
 @pytest.fixture
 async def stub() -> AsyncIterator[Stub]:
     state = Stub()
-    runner = web.AppRunner(_app(state))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)  # a free port, on loopback only
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    state.base = f"http://{host}:{port}"
-    try:
+    async with serving(_app(state)) as base:
+        state.base = base
         yield state
-    finally:
-        await runner.cleanup()
 
 
 async def test_session_settings() -> None:

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from bench.openloop import TRANSPORT_ERRORS, OpenLoopClient, request_bytes
+from tests.bench.stub_server import serving
 
 
 @dataclass
@@ -42,16 +43,9 @@ async def server() -> AsyncIterator[Server]:
     app.router.add_post("/base/orders", orders)
     app.router.add_post("/base/slow", slow)
     app.router.add_post("/base/closing", closing)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    state.base = f"http://{host}:{port}/base/"
-    try:
+    async with serving(app) as base:
+        state.base = f"{base}/base/"
         yield state
-    finally:
-        await runner.cleanup()
 
 
 def test_request_bytes_is_one_http_request() -> None:
@@ -106,3 +100,18 @@ async def test_nobody_listening_is_a_transport_error() -> None:
     async with OpenLoopClient(f"http://127.0.0.1:{port}/", connections=1, timeout=1) as client:
         with pytest.raises(TRANSPORT_ERRORS):
             await client.send(request_bytes("POST", client.path("orders"), client.netloc, {}, b""))
+
+
+async def test_on_write_marks_the_write_after_the_wait_for_a_connection(server: Server) -> None:
+    loop = asyncio.get_running_loop()
+    written: list[float] = []
+    async with OpenLoopClient(server.base, connections=1, timeout=5) as client:
+        slow = request_bytes("POST", client.path("slow"), client.netloc, {}, b"")
+        order = request_bytes("POST", client.path("orders"), client.netloc, {}, b"")
+        first = asyncio.ensure_future(client.send(slow, on_write=lambda: written.append(loop.time())))
+        await asyncio.sleep(0)  # the first takes the only connection
+        second = await client.send(order, on_write=lambda: written.append(loop.time()))
+        await first
+    assert second[0] == 202
+    assert len(written) == 2
+    assert written[1] - written[0] >= 0.5  # written once the slow answer (0.6 s) freed the connection
