@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     order_sweep_interval_seconds: float = Field(default=10, gt=0)
     order_max_wait_seconds: float = Field(default=30, gt=0, description="Cap of ?wait=N on GET /orders/{id}")
 
+    # At most one batch per window and API process (an idle process sends at once, api.dispatch).
     # 20 ms: at half the peak rate a 5 ms window sent most orders as one-order tasks, and the
     # workers' per-task cost queued them (submit->confirmed p99 177-273 ms against 42-60 ms with
     # 20 ms, and 15-20% more CPU per order; docs/performance.md, "Dispatch window").
@@ -79,7 +80,7 @@ class Settings(BaseSettings):
         default=0.02,
         ge=0,
         le=1,
-        description="How long an API process gathers order ids into one reserve_orders task",
+        description="Seconds between the starts of an API process's reserve_orders tasks, at least",
     )
     dispatch_max_batch: int = Field(default=100, ge=1, le=1000, description="Most order ids in one task")
     # Group commit of the intake (core.orders.intake.IntakeBatcher, PostgreSQL only): an intake that

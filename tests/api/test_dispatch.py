@@ -1,5 +1,6 @@
 """The API's order dispatcher: ids are coalesced into batches (by window and by size) and published
-off the event loop; a failed publish opens the breaker for the cooldown (orders are left to the
+off the event loop; an idle dispatcher sends on the loop's next pass, a busy one at most one batch
+per window; a failed publish opens the breaker for the cooldown (orders are left to the
 outbox sweep), and the first publish after it closes it again."""
 
 from __future__ import annotations
@@ -43,6 +44,25 @@ async def test_ids_within_the_window_go_in_one_batch_off_the_event_loop():
     await settle(dispatcher)
     assert send.batches == [[1, 2, 3]]
     assert threading.get_ident() not in send.threads
+    dispatcher.close()
+
+
+async def test_an_idle_dispatcher_sends_at_once_and_the_next_ids_wait_for_the_window():
+    send = Recorder()
+    dispatcher = OrderDispatcher(send, window=0.3, max_batch=100)
+    dispatcher.submit([1])
+    await asyncio.sleep(0.05)
+    assert send.batches == [[1]]  # no batch started within the window: sent on the next pass
+    dispatcher.submit([2])
+    dispatcher.submit([3])
+    await asyncio.sleep(0.1)
+    assert send.batches == [[1]]  # the window the first batch opened is still running
+    await asyncio.sleep(0.25)
+    assert send.batches == [[1], [2, 3]]
+    await asyncio.sleep(0.35)
+    dispatcher.submit([4])  # idle for longer than the window again
+    await asyncio.sleep(0.05)
+    assert send.batches == [[1], [2, 3], [4]]
     dispatcher.close()
 
 
