@@ -38,6 +38,7 @@ finds the channel closed and the reconnect proceeds as usual.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery.utils.threads import bound_open_broker_sockets  # type: ignore[attr-defined]  # new in 5.7
@@ -70,19 +71,21 @@ class Consumer(consumer.Consumer):
     """`celery.worker.consumer.Consumer` that closes its task channel before Celery collects a lost
     connection and flushes task events every `TASK_EVENT_FLUSH_SECONDS` (see the module docstring)."""
 
-    _event_flush_due = False
+    #: When the scheduled flush of task events is due (`time.monotonic()`); a timer lost with a
+    #: reconnect's reset of the event loop only delays the next flush until then.
+    _event_flush_at = 0.0
 
     # The stubs give this a callable's return type and omit `hub` and `event_dispatcher`; Celery's
     # own method returns None.
     def on_send_event_buffered(self) -> None:  # type: ignore[override]
         """Called by the event dispatcher for each buffered event: schedule one flush."""
         hub = getattr(self, "hub", None)
-        if hub is not None and not self._event_flush_due:
-            self._event_flush_due = True
+        now = time.monotonic()
+        if hub is not None and now >= self._event_flush_at:
+            self._event_flush_at = now + TASK_EVENT_FLUSH_SECONDS
             hub.call_later(TASK_EVENT_FLUSH_SECONDS, self._flush_buffered_events)
 
     def _flush_buffered_events(self) -> None:
-        self._event_flush_due = False
         dispatcher = getattr(self, "event_dispatcher", None)
         if dispatcher is not None:
             dispatcher.flush()
