@@ -134,6 +134,14 @@ class Availability:
         self._skip_until = 0.0
 
 
+def reset_availability() -> None:
+    """Ask every Redis server again at the next step, whatever failed before (the tests start each
+    test so: a step that timed out on a loaded machine would otherwise skip Redis for the next test)."""
+    with _lock:
+        for found in _availability.values():
+            found.reset()
+
+
 def availability(url: str) -> Availability:
     """The process-wide `Availability` of the Redis server at `url` (shared by the rate limiter and the
     listing cache, so that one failed step spares the other one's wait)."""

@@ -56,6 +56,7 @@ import pytest  # noqa: E402
 import redis  # noqa: E402
 from psycopg import sql as pgsql  # noqa: E402
 
+from core import redisconn  # noqa: E402
 from core.config import settings  # noqa: E402
 from core.db import get_sync_engine, libpq_dsn  # noqa: E402
 from core.users.models import Role  # noqa: E402
@@ -187,6 +188,7 @@ def clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
     _wait_for_empty_queue()
     _empty_tables()
     _clear_redis()
+    redisconn.reset_availability()
     yield
 
 

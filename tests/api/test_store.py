@@ -45,7 +45,9 @@ async def store_app(**overrides: object):
     """An app of its own with some settings changed, and an anonymous client of it."""
     from api.main import create_app
 
-    cfg = settings.model_copy(update=overrides)
+    # A Redis step may take longer than the default 0.25 s on a loaded CI machine, and a skipped
+    # rate-limit check answers without its headers (as in test_store_ratelimit.py).
+    cfg = settings.model_copy(update={"redis_timeout_seconds": 2.0, **overrides})
     application = create_app(cfg, start_embedded_worker=False)
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)
