@@ -20,7 +20,7 @@ from api.dispatch import OrderDispatcher
 from core.config import settings
 from core.db import session_scope
 from tests.api.test_orders import wait_for_idle_queue
-from tests.conftest import create_product
+from tests.conftest import LOADED_REDIS_TIMEOUT_SECONDS, create_product
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
 
@@ -45,9 +45,7 @@ async def store_app(**overrides: object):
     """An app of its own with some settings changed, and an anonymous client of it."""
     from api.main import create_app
 
-    # A Redis step may take longer than the default 0.25 s on a loaded CI machine, and a skipped
-    # rate-limit check answers without its headers (as in test_store_ratelimit.py).
-    cfg = settings.model_copy(update={"redis_timeout_seconds": 2.0, **overrides})
+    cfg = settings.model_copy(update={"redis_timeout_seconds": LOADED_REDIS_TIMEOUT_SECONDS, **overrides})
     application = create_app(cfg, start_embedded_worker=False)
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)

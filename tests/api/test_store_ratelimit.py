@@ -42,7 +42,7 @@ from api.ratelimit import (
 )
 from core import redisconn
 from core.config import Settings, settings
-from tests.conftest import LOG_DIR
+from tests.conftest import LOADED_REDIS_TIMEOUT_SECONDS, LOG_DIR
 
 LIMIT = 5
 RATE_HEADERS = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")
@@ -79,9 +79,9 @@ def find_limiter(app: Starlette) -> StoreRateLimitMiddleware:
 
 @pytest.fixture(scope="module")
 async def limited_app() -> AsyncIterator[FastAPI]:
-    # A Redis step may take longer than the default 0.25 s on a loaded CI machine; these tests are
-    # about the counts and headers, and a skipped check would answer without its headers.
-    cfg = settings.model_copy(update={"store_rate_limit": f"{LIMIT}/minute", "redis_timeout_seconds": 2.0})
+    cfg = settings.model_copy(
+        update={"store_rate_limit": f"{LIMIT}/minute", "redis_timeout_seconds": LOADED_REDIS_TIMEOUT_SECONDS}
+    )
     application = create_app(cfg, start_embedded_worker=False)
     add_probe_routes(application)
     async with application.router.lifespan_context(application):
