@@ -67,8 +67,9 @@ from workers.celery_app import ORDERS_QUEUE, ORDERS_QUEUE_KEY  # noqa: E402
 #: Worker subprocess logs of this run; removed at the end unless the run failed.
 LOG_DIR = Path(tempfile.mkdtemp(prefix=f"orderflow-tests-{RUN_ID}-"))
 
-#: `REDIS_TIMEOUT_SECONDS` of the test apps that check the store rate limit's headers: a Redis step may
-#: take longer than the default 0.25 s on a loaded CI machine, and a skipped check answers without them.
+#: `REDIS_TIMEOUT_SECONDS` of the test apps that check the store rate limit (its headers or its 429):
+#: a Redis step may take longer than the default 0.25 s on a loaded CI machine, and a skipped check
+#: answers without its headers and never 429.
 LOADED_REDIS_TIMEOUT_SECONDS = 2.0
 
 #: Set while the session's `celery_worker` runs (it consumes the orders queue between tests).

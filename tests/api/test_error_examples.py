@@ -35,7 +35,7 @@ from core.config import settings
 from core.errors import DomainError, MalformedCredentials, MalformedToken, TokenExpired
 from core.users.models import Role
 from core.users.security import issue_token
-from tests.conftest import ADMIN, create_product, make_user
+from tests.conftest import ADMIN, LOADED_REDIS_TIMEOUT_SECONDS, create_product, make_user
 
 # --- the document against the classes -------------------------------------------------------------
 
@@ -320,7 +320,9 @@ async def test_missing_store_product_is_the_documented_404_with_a_public_id(anon
 @pytest.fixture(scope="module")
 async def limited_app() -> AsyncIterator[FastAPI]:
     """An app whose store rate limit is 3 per hour (so the message's unit is the documented one)."""
-    cfg = settings.model_copy(update={"store_rate_limit": "3/hour"})
+    cfg = settings.model_copy(
+        update={"store_rate_limit": "3/hour", "redis_timeout_seconds": LOADED_REDIS_TIMEOUT_SECONDS}
+    )
     application = create_app(cfg, start_embedded_worker=False)
     async with application.router.lifespan_context(application):
         yield application

@@ -396,7 +396,9 @@ async def test_the_limiter_counts_on_the_lifespans_client_and_leaves_it_to_the_l
     """One Redis pool per process: the limiter counts over the connection pool of the lifespan's
     client and shares its skip window; a second lifespan's new client is picked up; at shutdown the
     limiter forgets the storage and the lifespan closes the pool."""
-    cfg = settings.model_copy(update={"store_rate_limit": f"{LIMIT}/minute"})
+    cfg = settings.model_copy(
+        update={"store_rate_limit": f"{LIMIT}/minute", "redis_timeout_seconds": LOADED_REDIS_TIMEOUT_SECONDS}
+    )
     application = create_app(cfg, start_embedded_worker=False)
     pools = []
     for _ in range(2):
