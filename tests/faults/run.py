@@ -58,6 +58,33 @@ class PhaseResult:
         )
 
 
+#: Refusals a well-behaved client of this load may get whatever happens: an order for a product that
+#: ran out (CONTRACT.md, "Orders": the intake's check) and the cancellation of an order the worker
+#: rejected (409).
+REFUSALS = {"400 insufficient_stock", "cancel 409"}
+
+
+def assert_invariants(result: PhaseResult, *, api_unaffected: bool) -> None:
+    """The order invariants hold and every order is final (CONTRACT.md, "Processing guarantees").
+
+    Client-visible errors are bounded only where the contract says so. A client never gets another
+    4xx than `REFUSALS` (its requests are valid; a service that is down is a 500, CONTRACT.md "Core
+    API"). With `api_unaffected` (the fault hits only the workers or the broker), the API answers
+    every request as usual: it stores the order and answers 202 without a worker, and an order
+    submitted while the broker is down is still accepted (CONTRACT.md, "Processing guarantees").
+    """
+    assert not result.problems, f"[{result.name}] invariants violated:\n" + "\n".join(result.problems[:50])
+    assert result.drain_seconds is not None, f"[{result.name}] orders still pending after the drain bound"
+    assert result.tally.accepted, f"[{result.name}] no order was accepted during the phase"
+    errors = {k: n for k, n in result.tally.errors().items() if k not in REFUSALS}
+    wrong_4xx = {k: n for k, n in errors.items() if k.removeprefix("cancel ").startswith("4")}
+    assert not wrong_4xx, f"[{result.name}] valid requests refused: {wrong_4xx}"
+    if api_unaffected:
+        assert not errors, (
+            f"[{result.name}] the API failed requests during a fault it does not depend on: {errors}"
+        )
+
+
 @dataclass
 class FaultRun:
     """The private stack with its users, and the tallies of every phase so far."""
