@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Route, sync_playwright
 
 from tests.live_server import live_server
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Route
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
@@ -51,6 +54,9 @@ def test_docs_render_offline_with_the_operations_and_both_auth_schemes(server):
         else:
             blocked.append(url)
             route.abort("internetdisconnected")
+
+    # Imported here, not at the top: every test process collects this file, and only one runs it.
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=_chromium(), headless=True)
