@@ -1,4 +1,4 @@
-"""The environment of a Celery process the tests start, as coverage should measure it.
+"""The environment of a process the tests start, as coverage should measure it (or not at all).
 
 Coverage follows every Python process the tests start (`patch = ["subprocess"]` in pyproject.toml):
 the child reads the run's settings from `COVERAGE_PROCESS_CONFIG`. With `concurrency` naming
@@ -6,6 +6,9 @@ the child reads the run's settings from `COVERAGE_PROCESS_CONFIG`. With `concurr
 it traces, which costs about a third of a measured process's CPU (measured on `tests/api/`: 16.4 s
 of CPU without it, 22.0 s with it). The API needs it (SQLAlchemy's async layer runs our code in
 greenlets); a Celery worker or beat runs no greenlet, so for them it only costs time.
+
+Some processes are not measured at all (`unmeasured`): the fault suite's stacks and the API under the
+fuzzer, whose coverage repeated the other tests' at a large cost in CPU, and the fuzzer itself.
 """
 
 from __future__ import annotations
@@ -28,3 +31,9 @@ def without_greenlets(env: Mapping[str, str] | None = None) -> dict[str, str]:
         config.concurrency = [name for name in config.concurrency if name != "greenlet"]
         result[CONFIG_VARIABLE] = config.serialize()
     return result
+
+
+def unmeasured() -> dict[str, str]:
+    """This process's environment without coverage's subprocess settings (`COVERAGE_PROCESS_*`), so
+    that a process started with it is not measured."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("COVERAGE_PROCESS_")}

@@ -30,6 +30,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from tests.coverage_env import unmeasured
 from workers.celery_app import ORDERS_QUEUE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -376,12 +377,12 @@ class Stack:
         return f"http://{HOST}:{self.api_port}"
 
     def env(self) -> dict[str, str]:
-        # The stack's processes are not measured by coverage (its subprocess hook reads
-        # COVERAGE_PROCESS_*): a whole stack under load for a minute or more, three times over, cost
-        # about 19 s of the suite's CPU under the tracer and covered nothing the other tests do not,
-        # except by the timing of a fault. The suite proves the invariants, not coverage.
+        # The stack's processes are not measured by coverage: a whole stack under load for a minute or
+        # more, three times over, cost about 19 s of the suite's CPU under the tracer and covered
+        # nothing the other tests do not, except by the timing of a fault. The suite proves the
+        # invariants, not coverage.
         env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_PROCESS_")},
+            **unmeasured(),
             "DATABASE_URL": self.pg.url,
             "REDIS_URL": self.redis.url,
             "REDIS_KEY_PREFIX": "",

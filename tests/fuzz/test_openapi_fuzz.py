@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.coverage_env import unmeasured
 from tests.live_server import live_server
 
 HERE = Path(__file__).parent
@@ -82,8 +83,9 @@ def _schemathesis(base_url: str, report_dir: Path, *selection: str) -> tuple[int
     # The fuzzer itself is not measured: coverage's subprocess hook (pyproject.toml, `patch`) would
     # trace it with greenlet support, and greenlet's clean-up of the fuzzer's exited worker threads
     # can then spin forever at 100% CPU (seen: the run stuck for 12 minutes after its last case).
-    env = {name: value for name, value in os.environ.items() if not name.startswith("COVERAGE_PROCESS_")}
-    run = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=report_dir.parent, env=env)
+    run = subprocess.run(
+        argv, capture_output=True, text=True, timeout=900, cwd=report_dir.parent, env=unmeasured()
+    )
     output = run.stdout + run.stderr
     cases = re.search(r"Test cases:\s*\n\s*(.+)", output)
     return run.returncode, output, cases.group(1) if cases else "?"
@@ -94,7 +96,7 @@ def test_openapi_fuzz(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     # The API under the fuzzer is not measured by coverage either: tracing it (with greenlets) doubled
     # its CPU, 15 s of the suite's, and the report's missed lines were the same without it.
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_PROCESS_")},
+        **unmeasured(),
         "FIRST_ADMIN_USERNAME": ADMIN[0],
         "FIRST_ADMIN_PASSWORD": ADMIN[1],
         "STORE_RATE_LIMIT": "1000000/hour",
