@@ -1,8 +1,10 @@
 """Task events still reach a monitor such as Flower, gathered into few messages (workers/consumer.py):
 a real worker on the real Redis reserves batches one after another, and a subscriber to the event
-exchange sees every task's `task-received`, `task-started` and `task-succeeded`, in no more messages
-than tasks. Celery's own flush, on the event loop's next pass, sent each event in a message of its
-own here (24 messages for 8 tasks)."""
+exchange sees every task's `task-received`, `task-started` and `task-succeeded`, in at most two
+messages per task. Celery's own flush, on the event loop's next pass, sent each event in a message of
+its own here (24 messages for 8 tasks). Two, not one: a task that runs longer than the gathering
+window (`TASK_EVENT_FLUSH_SECONDS`, which a loaded machine can stretch it past) has its
+`task-succeeded` in the next message; a run of the suite on a busy day gave 9 messages for 8 tasks."""
 
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ class EventTap:
         self.client.close()
 
 
-def test_task_events_reach_a_monitor_in_no_more_messages_than_tasks(celery_worker):
+def test_task_events_reach_a_monitor_in_at_most_two_messages_per_task(celery_worker):
     product = make_product(stock=100)
     tap = EventTap()
     try:
@@ -86,4 +88,4 @@ def test_task_events_reach_a_monitor_in_no_more_messages_than_tasks(celery_worke
     messages = tap.task_messages(task_ids)
     seen = Counter((e["uuid"], e["type"]) for m in messages for e in m)
     assert seen == Counter({(task_id, kind): 1 for task_id in task_ids for kind in TASK_EVENTS})
-    assert len(messages) <= TASKS
+    assert len(messages) <= 2 * TASKS
