@@ -75,20 +75,16 @@ class Consumer(consumer.Consumer):
     #: reconnect's reset of the event loop only delays the next flush until then.
     _event_flush_at = 0.0
 
-    # The stubs give this a callable's return type and omit `hub` and `event_dispatcher`; Celery's
-    # own method returns None.
+    # The stubs give this a callable's return type and omit `hub` and `_flush_events`; Celery's own
+    # method returns None.
     def on_send_event_buffered(self) -> None:  # type: ignore[override]
         """Called by the event dispatcher for each buffered event: schedule one flush."""
         hub = getattr(self, "hub", None)
         now = time.monotonic()
         if hub is not None and now >= self._event_flush_at:
             self._event_flush_at = now + TASK_EVENT_FLUSH_SECONDS
-            hub.call_later(TASK_EVENT_FLUSH_SECONDS, self._flush_buffered_events)
-
-    def _flush_buffered_events(self) -> None:
-        dispatcher = getattr(self, "event_dispatcher", None)
-        if dispatcher is not None:
-            dispatcher.flush()
+            # Celery's own flush (it flushes the event dispatcher, when there is one).
+            hub.call_later(TASK_EVENT_FLUSH_SECONDS, self._flush_events)  # type: ignore[attr-defined]
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         task_consumer = getattr(self, "task_consumer", None)

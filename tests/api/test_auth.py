@@ -828,12 +828,11 @@ async def test_a_burst_of_identical_attempts_costs_one_bcrypt_check():
         right = await burst(user.basic)
         assert [r.status_code for r in right] == [200] * 8
         assert len(calls) == 1
-        refused = await burst(basic_header(user.username, "not-the-password"))
+        wrong = basic_header(user.username, "not-the-password")
+        refused = await burst(wrong)
         assert [r.status_code for r in refused] == [401] * 8
         assert len(calls) == 2  # shared too, and not cached:
-        assert (
-            await c.get("/products", headers=basic_header(user.username, "not-the-password"))
-        ).status_code == 401
+        assert (await c.get("/products", headers=wrong)).status_code == 401
         assert len(calls) == 3
 
 
