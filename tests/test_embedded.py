@@ -4,56 +4,20 @@ works on a machine with no services. Run as a real subprocess, the way a user st
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.live_server import embedded_env, live_server
 
 
 @pytest.fixture
-def embedded_server(tmp_path: Path):
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "JWT_SECRET_KEY"}}
-    env.update(
-        {
-            "DATA_DIR": str(tmp_path),
-            "LOG_LEVEL": "WARNING",
-            "FIRST_ADMIN_USERNAME": "root",
-            "FIRST_ADMIN_PASSWORD": "embedded-admin-pw",
-        }
-    )
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orderflow", "serve", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail(f"embedded server did not start: {(tmp_path / 'serve.log').read_text()}")
-    yield base, tmp_path
-    proc.terminate()
-    proc.wait(15)
+def embedded_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    env = embedded_env(tmp_path, FIRST_ADMIN_USERNAME="root", FIRST_ADMIN_PASSWORD="embedded-admin-pw")
+    with live_server(tmp_path, env=env, start_timeout=30) as server:
+        yield server.base_url, tmp_path
 
 
 def test_embedded_default_runs_the_whole_order_flow(embedded_server):
