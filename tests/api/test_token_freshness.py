@@ -379,3 +379,58 @@ async def test_auth_user_cache_seconds_zero_reads_the_row_on_every_request(clien
         assert len(count_user_reads) == 3
         delete_user(user.id)
         assert_401(await c.get("/products", headers=token))
+
+
+# --- the single flight of the user's row ----------------------------------------------------------
+
+
+def _lock_waiters() -> int:
+    with get_sync_engine().connect() as conn:
+        query = text(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return int(conn.execute(query).scalar_one())
+
+
+async def _until_lock_waiters(count: int, within: float = 10) -> None:
+    deadline = time.monotonic() + within
+    while _lock_waiters() != count:
+        assert time.monotonic() < deadline, f"not {count} lock waiter(s) within {within} s"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_failed_read_of_the_users_row_fails_only_its_own_request():
+    """Two bearer checks of one user overlap: the second waits for the first one's read of the row
+    (one query, as above). When that read fails (here its `statement_timeout` ends it while the
+    table is locked), the first request gets the database error and the waiting one reads the row
+    itself once the table is free: a failure is never handed on to the requests that waited."""
+    from sqlalchemy.exc import OperationalError
+
+    from api.auth import Authenticator
+    from core.db import make_async_engine, make_async_sessionmaker
+
+    user = make_user(Role.CUSTOMER)
+    principal = Principal(user.id, user.username, Role.CUSTOMER)
+    auth = Authenticator(settings.model_copy(update={"auth_user_cache_seconds": 30}))
+    token = auth.issue(principal)
+    engine = make_async_engine(settings)
+    sessions = make_async_sessionmaker(engine)
+    try:
+        async with sessions() as failing, sessions() as working:
+            await failing.execute(text("SET statement_timeout = '500ms'"))
+            with get_sync_engine().connect() as locker:
+                locker.execute(text("LOCK TABLE users IN ACCESS EXCLUSIVE MODE"))
+                first = asyncio.create_task(auth.bearer(failing, token))
+                await _until_lock_waiters(1)
+                second = asyncio.create_task(auth.bearer(working, token))
+                await asyncio.sleep(0.2)
+                assert _lock_waiters() == 1  # the second request waits for the first one's read
+                with pytest.raises(OperationalError, match="statement timeout"):
+                    await first
+                await _until_lock_waiters(1)  # now the second request's own read
+                assert not second.done()
+                locker.commit()
+            assert await asyncio.wait_for(second, 10) == principal
+    finally:
+        await engine.dispose()
