@@ -31,6 +31,7 @@ from core.users.security import Principal, issue_token
 from tests.api.test_orders import wait_for_idle_queue
 from tests.api.test_store import CONTRACT_BATCH, assert_store_error
 from tests.conftest import ADMIN, basic_header, create_product, make_user
+from tests.workers.helpers import lock_waiters
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
 
@@ -384,18 +385,10 @@ async def test_auth_user_cache_seconds_zero_reads_the_row_on_every_request(clien
 # --- the single flight of the user's row ----------------------------------------------------------
 
 
-def _lock_waiters() -> int:
-    with get_sync_engine().connect() as conn:
-        query = text(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
-        return int(conn.execute(query).scalar_one())
-
-
 async def _until_lock_waiters(count: int, within: float = 10) -> None:
     deadline = time.monotonic() + within
-    while _lock_waiters() != count:
+    """Poll (without blocking the event loop) until exactly `count` backends wait on a lock."""
+    while lock_waiters() != count:
         assert time.monotonic() < deadline, f"not {count} lock waiter(s) within {within} s"
         await asyncio.sleep(0.02)
 
@@ -425,7 +418,7 @@ async def test_a_failed_read_of_the_users_row_fails_only_its_own_request():
                 await _until_lock_waiters(1)
                 second = asyncio.create_task(auth.bearer(working, token))
                 await asyncio.sleep(0.2)
-                assert _lock_waiters() == 1  # the second request waits for the first one's read
+                assert lock_waiters() == 1  # the second request waits for the first one's read
                 with pytest.raises(OperationalError, match="statement timeout"):
                     await first
                 await _until_lock_waiters(1)  # now the second request's own read

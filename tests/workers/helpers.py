@@ -63,17 +63,22 @@ def reservations_for(order_id: int) -> int:
         return session.execute(stmt).scalar_one()
 
 
-def wait_for_lock_waiter(timeout: float = 20, count: int = 1) -> None:
-    """Block until at least `count` backends of the test database wait on a row lock."""
-    deadline = time.monotonic() + timeout
+def lock_waiters() -> int:
+    """How many backends of the test database wait on a lock now."""
     sql = text(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
         "AND wait_event_type = 'Lock'"
     )
+    with get_sync_engine().connect() as conn:
+        return int(conn.execute(sql).scalar_one())
+
+
+def wait_for_lock_waiter(timeout: float = 20, count: int = 1) -> None:
+    """Block until at least `count` backends of the test database wait on a row lock."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with get_sync_engine().connect() as conn:
-            if conn.execute(sql).scalar_one() >= count:
-                return
+        if lock_waiters() >= count:
+            return
         time.sleep(0.05)
     raise AssertionError(f"fewer than {count} backends started waiting on a lock")
 
