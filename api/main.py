@@ -152,6 +152,11 @@ def open_backends(cfg: Settings) -> Backends:
     )
 
 
+#: The API's routers, in the order routes are matched: the order path first (its paths overlap no other
+#: router's). Each is included without a prefix (`api.methods.install_fixed_path_methods`).
+ROUTERS = (orders.router, store.router, products.router, users.router, audit.router, health.router)
+
+
 def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None = None) -> FastAPI:
     """Build the app. `start_embedded_worker` defaults to "no REDIS_URL" (the embedded default)."""
     configure_logging(cfg.log_level)
@@ -242,15 +247,10 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
     app.add_middleware(StoreRateLimitMiddleware, cfg=cfg)
     app.add_middleware(RequestContextMiddleware)
     app.add_middleware(StripTrailingSlashMiddleware)
-    # Routes are matched in this order: the order path first (their paths overlap no other router's).
-    app.include_router(orders.router)
-    app.include_router(store.router)
-    app.include_router(products.router)
-    app.include_router(users.router)
-    app.include_router(audit.router)
-    app.include_router(health.router)
+    for router in ROUTERS:
+        app.include_router(router)
     install_docs(app)
-    install_fixed_path_methods(app)
+    install_fixed_path_methods(app, ROUTERS)
     drop_validation_422(app)
     return app
 
