@@ -28,6 +28,7 @@ from core.config import Settings, settings
 from core.db import get_sync_engine
 from core.users.models import Role
 from core.users.security import Principal, hash_cost, issue_token
+from tests.apps import running_app as shared_running_app
 from tests.conftest import ADMIN, TestUser, basic_header, create_product, make_user
 from workers.celery_app import ORDERS_QUEUE_KEY
 
@@ -97,8 +98,7 @@ async def running_app(**overrides: object) -> AsyncIterator[FastAPI]:
     long-poll), so that an app started and stopped within milliseconds does not race the relay's
     connection to Redis (that race has its own test, `test_app_stops_promptly_right_after_a_quick_401`)."""
     overrides.setdefault("redis_url", None)
-    application = create_app(Settings(**overrides), start_embedded_worker=False)
-    async with application.router.lifespan_context(application):
+    async with shared_running_app(Settings(**overrides)) as application:
         yield application
 
 

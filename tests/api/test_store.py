@@ -20,6 +20,7 @@ from api.dispatch import OrderDispatcher
 from core.config import settings
 from core.db import session_scope
 from tests.api.test_orders import wait_for_idle_queue
+from tests.apps import running_app
 from tests.conftest import LOADED_REDIS_TIMEOUT_SECONDS, create_product
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
@@ -43,11 +44,8 @@ def _settled_queue():
 @asynccontextmanager
 async def store_app(**overrides: object):
     """An app of its own with some settings changed, and an anonymous client of it."""
-    from api.main import create_app
-
     cfg = settings.model_copy(update={"redis_timeout_seconds": LOADED_REDIS_TIMEOUT_SECONDS, **overrides})
-    application = create_app(cfg, start_embedded_worker=False)
-    async with application.router.lifespan_context(application):
+    async with running_app(cfg) as application:
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://orderflow.test") as c:
             yield application, c

@@ -30,6 +30,7 @@ from core.users.models import Role
 from core.users.security import Principal, issue_token
 from tests.api.test_orders import wait_for_idle_queue
 from tests.api.test_store import CONTRACT_BATCH, assert_store_error
+from tests.apps import running_app
 from tests.conftest import ADMIN, basic_header, create_product, make_user
 from tests.workers.helpers import lock_waiters
 
@@ -54,11 +55,8 @@ def _settled_queue():
 async def second_app(**overrides: object) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """Another API process, in effect: an app of its own (own caches) with `AUTH_USER_CACHE_SECONDS`
     = `TTL` unless overridden, and an anonymous client of it."""
-    from api.main import create_app
-
     cfg = settings.model_copy(update={"auth_user_cache_seconds": TTL, **overrides})
-    application = create_app(cfg, start_embedded_worker=False)
-    async with application.router.lifespan_context(application):
+    async with running_app(cfg) as application:
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://orderflow.test") as c:
             yield application, c
