@@ -10,7 +10,7 @@ from sqlalchemy import func, select, text
 
 from core.db import get_sync_engine, session_scope
 from core.orders import service as orders
-from core.orders.models import Order, OrderStatus
+from core.orders.models import Order, OrderLine, OrderStatus
 from core.products.models import Product, StockMovement
 from core.products.schemas import ProductCreate
 from core.products.service import create_product
@@ -25,6 +25,29 @@ def place(lines: list[tuple[int, int]]) -> int:
     """Store a pending order without enqueuing it."""
     with session_scope() as session:
         return orders.place_order(session, lines).order.id
+
+
+def place_copies(lines: list[tuple[int, int]], count: int) -> list[int]:
+    """`count` pending orders of the same `lines`, not enqueued, for tests that need a backlog rather
+    than the intake path: the first is stored by the intake service (prices snapshotted, stock and
+    total checked), the others are copies of its rows made by two set-based statements in the same
+    transaction. Their ids, ascending."""
+    order_columns = ", ".join(c.name for c in Order.__table__.columns if c.name != "id")
+    line_columns = [c.name for c in OrderLine.__table__.columns if c.name not in ("id", "order_id")]
+    copy_orders = text(
+        f"INSERT INTO orders ({order_columns}) SELECT {order_columns} FROM orders, generate_series(2, :count)"
+        " WHERE id = :first RETURNING id"
+    )
+    copy_lines = text(
+        f"INSERT INTO order_lines (order_id, {', '.join(line_columns)})"
+        f" SELECT copy.id, {', '.join('line.' + name for name in line_columns)}"
+        " FROM order_lines AS line, unnest(CAST(:ids AS integer[])) AS copy(id) WHERE line.order_id = :first"
+    )
+    with session_scope() as session:
+        first = orders.place_order(session, lines).order.id
+        copies = sorted(session.execute(copy_orders, {"count": count, "first": first}).scalars())
+        session.execute(copy_lines, {"ids": copies, "first": first})
+    return [first, *copies]
 
 
 def statuses(order_ids: list[int]) -> dict[int, str]:

@@ -36,6 +36,7 @@ from tests.workers.helpers import (
     make_product,
     order_rows,
     place,
+    place_copies,
     pool_children,
     reservation_rows,
     state_of,
@@ -508,7 +509,7 @@ def test_a_batch_publishes_every_outcome_in_one_message(celery_worker):
 
 def test_the_sweep_resends_stale_pending_orders_in_batches_of_at_most_100(monkeypatch):
     pid = make_product(stock=1000)
-    ids = [place([(pid, 1)]) for _ in range(230)]
+    ids = place_copies([(pid, 1)], 230)
     sent: list[list[int]] = []
     monkeypatch.setattr(tasks.reserve_orders, "apply_async", lambda args, **_: sent.append(args[0]))
 

@@ -24,6 +24,7 @@ from tests.workers.helpers import (
     ledger_sum,
     make_product,
     place,
+    place_copies,
     reservations_for,
     stock_of,
     wait_for_lock_waiter,
@@ -58,7 +59,7 @@ async def test_200_concurrent_orders_for_50_units_confirm_exactly_50(client, cel
 def test_reservation_race_without_the_intake_check(celery_worker):
     """All 200 orders pass intake while stock is 50; two worker processes race for the units."""
     pid = make_product(stock=50)
-    ids = [place([(pid, 1)]) for _ in range(200)]
+    ids = place_copies([(pid, 1)], 200)
     for order_id in ids:
         assert enqueue_process_order(order_id)
     outcomes = wait_until_final(ids)

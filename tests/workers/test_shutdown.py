@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from core.db import session_scope
 from core.orders.models import Order, OrderStatus
 from tests.conftest import spawn_worker, start_worker_process, stop_worker_process
-from tests.workers.helpers import assert_reserved_once, make_product, place, wait_until_final
+from tests.workers.helpers import assert_reserved_once, make_product, place_copies, wait_until_final
 from workers.celery_app import enqueue_reserve_orders
 
 #: Docker's default grace period is 10 s and compose's stop_grace_period here 30 s; a clean stop
@@ -40,13 +40,11 @@ def _pending() -> int:
 def test_a_busy_worker_exits_soon_after_sigterm_and_loses_no_order():
     products = [make_product(10_000, name=f"Product {i}") for i in range(4)]
     initial = dict.fromkeys(products, 10_000)
-    lines: dict[int, list[tuple[int, int]]] = {}
-    for i in range(1_200):
-        line = [(products[i % 4], 1)]
-        lines[place(line)] = line
+    backlogs = [place_copies([(product, 1)], 300) for product in products]
+    lines = {oid: [(pid, 1)] for pid, backlog in zip(products, backlogs, strict=True) for oid in backlog}
+    ids = [order_id for group in zip(*backlogs, strict=True) for order_id in group]  # products interleaved
     worker = start_container_worker("stopped")
     try:
-        ids = list(lines)
         for start in range(0, len(ids), 5):  # 240 messages: the worker is busy for a while
             assert enqueue_reserve_orders(ids[start : start + 5])
         deadline = time.monotonic() + 30
