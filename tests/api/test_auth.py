@@ -793,10 +793,9 @@ async def test_app_stops_promptly_right_after_a_quick_401():
     to Redis, redis-py's `asyncio.wait_for` (Python 3.11) can swallow that cancellation, after which
     the relay blocks in `pubsub.listen()`: a single cancel-and-await made shutdown wait forever."""
     for attempt in range(5):
-        application = create_app(Settings(), start_embedded_worker=False)
 
-        async def run(application: FastAPI = application) -> None:
-            async with application.router.lifespan_context(application), http(application) as c:
+        async def run() -> None:
+            async with shared_running_app(Settings()) as application, http(application) as c:
                 assert_401(await c.get("/products"))
 
         task = asyncio.create_task(run())
