@@ -25,7 +25,7 @@ from api.docs import install_docs
 from api.effects import EffectRunner, MemoryEffectRunner
 from api.errors import install_error_handlers
 from api.listing_cache import ListingCache, MemoryListingCache
-from api.methods import install_fixed_path_methods
+from api.methods import build_route_state, install_fixed_path_methods
 from api.middleware import RequestContextMiddleware
 from api.nul_characters import reject_nul_characters
 from api.openapi import drop_validation_422
@@ -213,6 +213,7 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
 
             worker = EmbeddedWorker()
             worker.start()
+        build_route_state(app)
         freeze_startup_heap()
         try:
             yield

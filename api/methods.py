@@ -8,6 +8,8 @@ a path does not support is 405 with `Allow`).
   this, a method it does not support would fall through to a neighbouring parameter route
   (`PUT /products/{product_id}`, `GET /api/orders/{order_id}`) and be a 400 about a bad id; with it,
   it is a 405 naming the methods the fixed path has.
+- `build_route_state(app)`: have FastAPI build every route's request handling now (the lifespan
+  does, before the process serves) rather than on the first request that reaches each router.
 """
 
 from __future__ import annotations
@@ -67,8 +69,9 @@ def _declared_routes(app: FastAPI, routers: Sequence[APIRouter]) -> _RouteTable:
     """(path template, methods, compiled path pattern) of the app's own HTTP routes and of the routes
     `routers` declare (included without a prefix of their own), read from the route objects as
     declared. Unlike `_routes`, this builds none of FastAPI's per-app route state (dependency
-    graphs, validation models: about 150 ms of CPU per app), which FastAPI otherwise builds for a
-    router on the first request it routes to it."""
+    graphs, validation models: about 150 ms of CPU per app), which `build_route_state` builds when
+    the app starts, so that an app that is built but never started (an import of `api.main`, a test)
+    does not pay for it."""
     found: _RouteTable = []
     declared = [route for router in routers for route in router.routes]
     for route in [*app.router.routes, *declared]:
@@ -93,3 +96,13 @@ def install_fixed_path_methods(app: FastAPI, routers: Sequence[APIRouter]) -> No
             continue
         others = [m for m in _METHOD_ORDER if m not in methods]
         app.router.routes.insert(0, Route(path, _MethodNotAllowed(), methods=others, include_in_schema=False))
+
+
+def build_route_state(app: FastAPI) -> None:
+    """Have FastAPI build the request handling of every route of `app` (its dependency graph and
+    validation models) now. FastAPI builds a router's on the first request routed to it, which made
+    that request 20-100 ms slower, once per router and process; the lifespan calls this before the
+    process serves, and before `core.heap.freeze_startup_heap`, so the objects are frozen with the
+    rest of start-up."""
+    for _ in iter_route_contexts(list(app.router.routes)):
+        pass
