@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import Depends, Query, Request, Security
@@ -101,19 +102,25 @@ async def intake_unit(request: Request) -> AsyncIterator[AsyncSession | Statemen
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
+@dataclass(frozen=True, slots=True)
 class Page:
-    """`limit` (1-500, default 50) and `offset` (>= 0) query parameters."""
+    """A page of a listing: `limit` rows after `offset`."""
 
-    def __init__(
-        self,
-        limit: Annotated[int, Query(ge=1, le=500, description="Page size, at most 500"), DecimalDigits] = 50,
-        offset: Annotated[int, Query(ge=0, le=MAX_ID, description="Rows to skip"), DecimalDigits] = 0,
-    ) -> None:
-        self.limit = limit
-        self.offset = offset
+    limit: int
+    offset: int
 
 
-PageDep = Annotated[Page, Depends()]
+async def page(
+    limit: Annotated[int, Query(ge=1, le=500, description="Page size, at most 500"), DecimalDigits] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID, description="Rows to skip"), DecimalDigits] = 0,
+) -> Page:
+    """The `limit` (1-500, default 50) and `offset` (>= 0) query parameters. A coroutine, as every
+    dependency here is: FastAPI runs a plain function (or a class) in its thread pool, one thread hop
+    per request."""
+    return Page(limit, offset)
+
+
+PageDep = Annotated[Page, Depends(page)]
 
 
 class _SessionOnDemand:
@@ -199,7 +206,7 @@ async def request_principal(request: Request) -> Principal:
     return _required(await _principal_of(request))
 
 
-def require_staff(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+async def require_staff(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
     """A manager or an admin; 403 `Forbidden` for a customer."""
     if not principal.is_staff:
         raise RoleRequired.staff(principal.role.value)
@@ -225,7 +232,7 @@ async def current_role(principal: Annotated[Principal | None, Depends(optional_c
     return _required(principal)
 
 
-def require_admin(principal: Annotated[Principal, Depends(current_role)]) -> Principal:
+async def require_admin(principal: Annotated[Principal, Depends(current_role)]) -> Principal:
     """An admin by the role stored now (only user management needs one); 403 `Forbidden` otherwise."""
     if not principal.is_admin:
         raise RoleRequired.admin(principal.role.value)

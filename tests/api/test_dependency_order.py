@@ -4,6 +4,7 @@ session wherever a route has one, and only `POST /orders` authenticates through 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -63,3 +64,25 @@ def test_only_post_orders_authenticates_in_one_node_and_it_declares_its_security
     one_node = [r for r in routes() if request_principal in solved_in_order(r)]
     assert [(sorted(r.methods), r.path) for r in one_node] == [(["POST"], "/orders")]
     assert one_node[0].openapi_extra == {"security": [{"basicAuth": []}, {"bearerAuth": []}]}
+
+
+def runs_on_the_event_loop(call: Any) -> bool:
+    """Whether FastAPI awaits `call` (a coroutine function, an async generator function, or an
+    object whose `__call__` is one, such as a security scheme) instead of running it in its thread
+    pool. A class is called in the thread pool."""
+    if inspect.isclass(call):
+        return False
+    target = call if inspect.isroutine(call) else type(call).__call__
+    return inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target)
+
+
+def test_no_route_runs_an_endpoint_or_a_dependency_in_the_thread_pool():
+    """FastAPI runs a plain function (or a class) in its thread pool: a thread hop per request, for
+    code that never blocks. Every endpoint and dependency is awaited on the event loop."""
+    blocking = [
+        f"{sorted(route.methods)} {route.path}: {getattr(call, '__qualname__', call)!r}"
+        for route in routes()
+        for call in [route.endpoint, *solved_in_order(route)]
+        if not runs_on_the_event_loop(call)
+    ]
+    assert blocking == []
