@@ -25,7 +25,7 @@ from api.docs import install_docs
 from api.effects import EffectRunner, MemoryEffectRunner
 from api.errors import install_error_handlers
 from api.listing_cache import ListingCache, MemoryListingCache
-from api.methods import build_route_state, install_fixed_path_methods
+from api.methods import install_fixed_path_methods
 from api.middleware import RequestContextMiddleware
 from api.nul_characters import reject_nul_characters
 from api.openapi import drop_validation_422
@@ -152,11 +152,6 @@ def open_backends(cfg: Settings) -> Backends:
     )
 
 
-#: The API's routers, in the order routes are matched: the order path first (its paths overlap no other
-#: router's). Each is included without a prefix (`api.methods.install_fixed_path_methods`).
-ROUTERS = (orders.router, store.router, products.router, users.router, audit.router, health.router)
-
-
 def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None = None) -> FastAPI:
     """Build the app. `start_embedded_worker` defaults to "no REDIS_URL" (the embedded default)."""
     configure_logging(cfg.log_level)
@@ -213,7 +208,6 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
 
             worker = EmbeddedWorker()
             worker.start()
-        build_route_state(app)
         freeze_startup_heap()
         try:
             yield
@@ -248,10 +242,15 @@ def create_app(cfg: Settings = settings, *, start_embedded_worker: bool | None =
     app.add_middleware(StoreRateLimitMiddleware, cfg=cfg)
     app.add_middleware(RequestContextMiddleware)
     app.add_middleware(StripTrailingSlashMiddleware)
-    for router in ROUTERS:
-        app.include_router(router)
+    # Routes are matched in this order: the order path first (their paths overlap no other router's).
+    app.include_router(orders.router)
+    app.include_router(store.router)
+    app.include_router(products.router)
+    app.include_router(users.router)
+    app.include_router(audit.router)
+    app.include_router(health.router)
     install_docs(app)
-    install_fixed_path_methods(app, ROUTERS)
+    install_fixed_path_methods(app)
     drop_validation_422(app)
     return app
 

@@ -3,21 +3,19 @@ a path does not support is 405 with `Allow`).
 
 - `allowed_methods(routes, path)`: every method of the resource at `path`, for the `Allow` header of
   a 405 (Starlette's own 405 names only the methods of the first route it tried).
-- `install_fixed_path_methods(app, routers)`: a fixed path (no parameters) such as
-  `/products/below_requirement` or `/api/orders/process` is that resource for every method. Without
-  this, a method it does not support would fall through to a neighbouring parameter route
-  (`PUT /products/{product_id}`, `GET /api/orders/{order_id}`) and be a 400 about a bad id; with it,
-  it is a 405 naming the methods the fixed path has.
-- `build_route_state(app)`: have FastAPI build every route's request handling now (the lifespan
-  does, before the process serves) rather than on the first request that reaches each router.
+- `install_fixed_path_methods(app)`: a fixed path (no parameters) such as `/products/below_requirement`
+  or `/api/orders/process` is that resource for every method. Without this, a method it does not
+  support would fall through to a neighbouring parameter route (`PUT /products/{product_id}`,
+  `GET /api/orders/{order_id}`) and be a 400 about a bad id; with it, it is a 405 naming the methods
+  the fixed path has.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Route
@@ -62,31 +60,12 @@ def allowed_methods(routes: Iterable[BaseRoute], path: str) -> list[str]:
     return sorted(allowed, key=_sort_key)
 
 
-_RouteTable = list[tuple[str, set[str], re.Pattern[str]]]
-
-
-def _declared_routes(app: FastAPI, routers: Sequence[APIRouter]) -> _RouteTable:
-    """(path template, methods, compiled path pattern) of the app's own HTTP routes and of the routes
-    `routers` declare (included without a prefix of their own), read from the route objects as
-    declared. Unlike `_routes`, this builds none of FastAPI's per-app route state (dependency
-    graphs, validation models: about 150 ms of CPU per app), which `build_route_state` builds when
-    the app starts, so that an app that is built but never started (an import of `api.main`, a test)
-    does not pay for it."""
-    found: _RouteTable = []
-    declared = [route for router in routers for route in router.routes]
-    for route in [*app.router.routes, *declared]:
-        if isinstance(route, Route) and route.methods and not isinstance(route.endpoint, _MethodNotAllowed):
-            found.append((route.path, set(route.methods), route.path_regex))
-    return found
-
-
-def install_fixed_path_methods(app: FastAPI, routers: Sequence[APIRouter]) -> None:
-    """After `routers` are included in `app` (each without a prefix): for each fixed path (no
-    parameters) that a parameter route also matches, put first in the app's routes a route that
-    answers 405 to the methods the fixed path does not have (Starlette takes the first route that
-    matches path and method; for the fixed path's own methods this one matches only partly, so the
-    real route is still found)."""
-    routes = _declared_routes(app, routers)
+def install_fixed_path_methods(app: FastAPI) -> None:
+    """After the routers are included: for each fixed path (no parameters) that a parameter route
+    also matches, put first in the app's routes a route that answers 405 to the methods the fixed
+    path does not have (Starlette takes the first route that matches path and method; for the
+    fixed path's own methods this one matches only partly, so the real route is still found)."""
+    routes = _routes(app.router.routes)
     fixed: dict[str, set[str]] = {}
     for template, methods, _ in routes:
         if "{" not in template:
@@ -96,13 +75,3 @@ def install_fixed_path_methods(app: FastAPI, routers: Sequence[APIRouter]) -> No
             continue
         others = [m for m in _METHOD_ORDER if m not in methods]
         app.router.routes.insert(0, Route(path, _MethodNotAllowed(), methods=others, include_in_schema=False))
-
-
-def build_route_state(app: FastAPI) -> None:
-    """Have FastAPI build the request handling of every route of `app` (its dependency graph and
-    validation models) now. FastAPI builds a router's on the first request routed to it, which made
-    that request 20-100 ms slower, once per router and process; the lifespan calls this before the
-    process serves, and before `core.heap.freeze_startup_heap`, so the objects are frozen with the
-    rest of start-up."""
-    for _ in iter_route_contexts(list(app.router.routes)):
-        pass

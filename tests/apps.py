@@ -1,9 +1,9 @@
 """Apps of their own, for tests that run the API with some settings changed.
 
-Building an app is cheap, but FastAPI builds a router's per-app route state (each route's dependency
-graph and validation models) on the first request routed to it, and that was about 30% of the CPU of
-`tests/api/test_auth.py`, where most tests start an app of their own. `running_app(cfg)` hands out an
-idle app built from equal settings when this process has one, else builds one:
+Building an app makes FastAPI build every route's dependency graph and validation models (about
+150 ms of CPU without coverage), and that was about 30% of the CPU of `tests/api/test_auth.py`, where
+most tests start an app of their own. `running_app(cfg)` hands out an idle app built from equal
+settings when this process has one, else builds one:
 
 - every use runs a new lifespan, so the authenticator and its caches, the engines and pools, the
   dispatcher and the Redis clients are new, as in a newly started process;
