@@ -47,22 +47,33 @@ async def test_ids_within_the_window_go_in_one_batch_off_the_event_loop():
     dispatcher.close()
 
 
+async def sent_within(send: Recorder, expected: list[list[int]], seconds: float) -> bool:
+    """Whether `send` has recorded exactly `expected` within `seconds` (polled every 10 ms): the
+    publish runs in the dispatcher's thread, which a loaded machine may start late."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while send.batches != expected:
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
 async def test_an_idle_dispatcher_sends_at_once_and_the_next_ids_wait_for_the_window():
+    # "At once" is within a third of the window: late enough for a thread hop on a loaded machine,
+    # early enough that a dispatcher that waited for the window would fail.
+    window = 0.6
     send = Recorder()
-    dispatcher = OrderDispatcher(send, window=0.3, max_batch=100)
+    dispatcher = OrderDispatcher(send, window=window, max_batch=100)
     dispatcher.submit([1])
-    await asyncio.sleep(0.05)
-    assert send.batches == [[1]]  # no batch started within the window: sent on the next pass
+    assert await sent_within(send, [[1]], window / 3)  # no batch started within the window
     dispatcher.submit([2])
     dispatcher.submit([3])
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(window / 3)
     assert send.batches == [[1]]  # the window the first batch opened is still running
-    await asyncio.sleep(0.25)
-    assert send.batches == [[1], [2, 3]]
-    await asyncio.sleep(0.35)
+    assert await sent_within(send, [[1], [2, 3]], window)
+    await asyncio.sleep(window * 1.2)
     dispatcher.submit([4])  # idle for longer than the window again
-    await asyncio.sleep(0.05)
-    assert send.batches == [[1], [2, 3], [4]]
+    assert await sent_within(send, [[1], [2, 3], [4]], window / 3)
     dispatcher.close()
 
 
