@@ -14,7 +14,7 @@ from __future__ import annotations
 import select
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +23,7 @@ import psycopg
 from psycopg import pq
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, make_url
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -63,6 +64,20 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def on_postgresql(session: Session | AsyncSession) -> bool:
+    """Whether `session` is bound to PostgreSQL; otherwise it runs on SQLite, the embedded default
+    (CONTRACT.md, "Runtime"). The one test repositories use where the two dialects need different
+    SQL; it reads the bind without starting a transaction."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def dialect_insert(session: Session) -> Callable[..., Any]:
+    """The `insert()` construct of `session`'s dialect (PostgreSQL's or SQLite's), the two that have
+    `on_conflict_do_nothing()` and `on_conflict_do_update()`: an `INSERT ... ON CONFLICT` written once
+    runs on both."""
+    return postgresql.insert if on_postgresql(session) else sqlite.insert
 
 
 def pg_array(values: Iterable[int | str | None]) -> str:

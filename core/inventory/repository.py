@@ -14,7 +14,7 @@ from sqlalchemy import Integer, String, any_, bindparam, cast, column, func, ins
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from core.db import UTCDateTime, pg_array, utcnow
+from core.db import UTCDateTime, on_postgresql, pg_array, utcnow
 from core.orders.models import Order
 from core.products import cache
 from core.products.models import MovementReason, Product, StockMovement
@@ -180,11 +180,6 @@ def record_outcomes(
     if outcomes:
         rows = [{"oid": o, "new_status": s, "new_error": e, "now": at} for o, s, e in outcomes]
         session.connection().execute(_RECORD_OUTCOME_SQLITE, rows)
-
-
-def on_postgresql(session: Session) -> bool:
-    """Whether `session` runs on PostgreSQL (else SQLite, the embedded default)."""
-    return session.connection().dialect.name == "postgresql"
 
 
 def lock_for_reservation(session: Session, product_ids: Sequence[int]) -> dict[int, Any]:

@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from core.db import on_postgresql
 from core.errors import (
     DomainError,
     InsufficientStock,
@@ -134,7 +135,7 @@ def record(
     PostgreSQL one statement (`repo.record_reservation`) whatever the batch's size; elsewhere (the
     embedded SQLite default) the stock, the ledger rows and the outcomes one statement each. Listings
     invalidated after the commit."""
-    if repo.on_postgresql(session):
+    if on_postgresql(session):
         repo.record_reservation(session, taken.stocks, taken.movements, outcomes, at, actor)
     else:
         repo.set_stocks(session, taken.stocks, at)

@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 
 from core.audit import service as audit
 from core.audit.models import AuditAction, AuditEntity
-from core.db import pg_array, utcnow
+from core.db import on_postgresql, pg_array, utcnow
 from core.errors import IdempotencyKeyReused, InvalidInput
 from core.inventory import unorderable
 from core.orders import service
@@ -427,7 +427,7 @@ async def submit_order(unit: AsyncSession | StatementUnit, request: OrderRequest
     then its own transaction), run through the batcher bound to it if any (`bind_batcher`)."""
     if isinstance(unit, StatementUnit):
         return await _submit_pg(unit.batcher, unit.reads, unit.effects, request)
-    if unit.get_bind().dialect.name != "postgresql":
+    if not on_postgresql(unit):
         return await unit.run_sync(_submit_sync, request)
     batcher: IntakeBatcher | None = unit.sync_session.info.get(_INTAKE_BATCHER)
     return await _submit_pg(batcher or unit, unit, effects_of(unit.sync_session), request)

@@ -19,10 +19,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from core.db import pg_array
+from core.db import dialect_insert, on_postgresql, pg_array
 from core.orders.models import IdempotencyKey, Order, OrderLine, OrderStatus
 
 
@@ -96,8 +96,8 @@ def lock(
     in the same round trip."""
     if not order_ids:
         return []
+    pg = on_postgresql(session)
     conn = session.connection()
-    pg = conn.dialect.name == "postgresql"
     params = {"ids": pg_array(order_ids) if pg else list(order_ids)}
     if with_lines:
         stmt = _LOCK_ORDERS_WITH_LINES_PG if pg else _LOCK_ORDERS_WITH_LINES_SQLITE
@@ -158,8 +158,7 @@ def claim_idempotency_key(session: Session, scope: str, key: str, request_hash: 
     `INSERT ... ON CONFLICT DO NOTHING`: on PostgreSQL a second transaction inserting the same key
     waits for the first to commit or roll back, so a replay never sees a half-made order.
     """
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = dialect_insert(session)
     stmt = (
         insert(IdempotencyKey)
         .values(scope=scope, key=key, request_hash=request_hash)

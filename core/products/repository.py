@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Select, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
+from core.db import on_postgresql
 from core.products.models import Product
 from core.products.schemas import ProductFilter
 
@@ -81,7 +82,7 @@ def lock_manager(session: Session, manager_id: str) -> None:
     """Serialise writers of one manager's inventory until the transaction ends (PostgreSQL: a
     transaction-level advisory lock on the manager id's hash; SQLite already has a single writer).
     Two batches naming the same new product then cannot both create it."""
-    if session.get_bind().dialect.name == "postgresql":
+    if on_postgresql(session):
         session.execute(
             select(func.pg_advisory_xact_lock(func.hashtextextended(f"orderflow:manager:{manager_id}", 0)))
         )

@@ -6,11 +6,10 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.db import utcnow
+from core.db import dialect_insert, utcnow
 from core.users.models import Role, User
 
 #: The largest id `users.id` (an `integer` column) can hold.
@@ -27,8 +26,7 @@ def insert_if_absent(session: Session, username: str, password_hash: str, role: 
     `INSERT ... ON CONFLICT DO NOTHING` against the unique index on `lower(username)`: two requests
     or two API processes inserting the same name at once get one row and one None, never an error.
     """
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = dialect_insert(session)
     now = utcnow()
     stmt = (
         insert(User)
