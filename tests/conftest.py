@@ -62,6 +62,7 @@ from core.db import get_sync_engine, libpq_dsn  # noqa: E402
 from core.users.models import Role  # noqa: E402
 from core.users.security import Principal, hash_password, issue_token  # noqa: E402
 from tests.coverage_env import without_greenlets  # noqa: E402
+from tests.faults.stack import worker_args  # noqa: E402
 from workers.celery_app import ORDERS_QUEUE, ORDERS_QUEUE_KEY  # noqa: E402
 
 #: Worker subprocess logs of this run; removed at the end unless the run failed.
@@ -351,10 +352,9 @@ def start_worker_process(
     queue: str = ORDERS_QUEUE, concurrency: int = 2, extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen:
     """Start a real `celery worker` (prefork pool) as a subprocess and wait until it answers a ping."""
-    args = ["-m", "celery", "-A", "workers.celery_app", "worker", "--pool", "prefork",
-            "--concurrency", str(concurrency), "-Q", queue, "--loglevel", "INFO", "--without-mingle",
-            "--without-gossip"]  # fmt: skip
-    return spawn_worker(args, f"worker-test-{uuid.uuid4().hex[:8]}@localhost", extra_env, within=30)
+    return spawn_worker(
+        worker_args(concurrency, queue), f"worker-test-{uuid.uuid4().hex[:8]}@localhost", extra_env, within=30
+    )
 
 
 def stop_worker_process(proc: subprocess.Popen, timeout: float = 15) -> None:

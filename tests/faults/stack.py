@@ -324,6 +324,19 @@ class PrivateRedis:
 # --- the orderflow processes -----------------------------------------------------------------------
 
 
+def worker_args(
+    concurrency: int, queue: str | None = ORDERS_QUEUE, app_module: str = "workers.celery_app"
+) -> list[str]:
+    """The arguments after `python` of every Celery worker the tests start: `celery -A app_module worker`
+    with `concurrency` prefork processes on `queue` (the app's default queues when None), without
+    mingle and gossip, which only slow a start-up on a test's private broker. Add `-n <node>`."""
+    args = ["-m", "celery", "-A", app_module, "worker", "--pool", "prefork"]
+    args += ["--concurrency", str(concurrency)]
+    if queue is not None:
+        args += ["-Q", queue]
+    return [*args, "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
+
+
 def private_celery(broker_url: str) -> Celery:
     """A Celery app on the private broker, for `send_task` and remote control (ping, inspect)."""
     app = Celery("orderflow-faults", broker=broker_url, set_as_current=False)
@@ -446,9 +459,7 @@ class Stack:
     def launch_worker(self) -> Worker:
         self._workers_started += 1
         node = f"faults{self._workers_started}-{uuid.uuid4().hex[:6]}@localhost"
-        command = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool", "prefork",
-                   "--concurrency", str(self.worker_processes), "-Q", ORDERS_QUEUE, "-n", node,
-                   "--loglevel", "INFO", "--without-mingle", "--without-gossip"]  # fmt: skip
+        command = [sys.executable, *worker_args(self.worker_processes), "-n", node]
         log = self.log(f"worker{self._workers_started}")
         proc = launch("worker", command, self.env(), log)
         self.launched.append(proc)

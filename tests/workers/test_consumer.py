@@ -18,7 +18,7 @@ import pytest
 from celery import Celery
 
 from tests.conftest import spawn_worker, stop_worker_process
-from tests.faults.stack import private_celery
+from tests.faults.stack import private_celery, worker_args
 from tests.private_services import PrivateRedis, private_redis
 from tests.workers.helpers import (
     hold_row_lock,
@@ -42,8 +42,7 @@ def redis_server() -> Iterator[PrivateRedis]:
 def start_worker(app_module: str, broker: Celery, redis_url: str) -> subprocess.Popen:
     """`celery -A app_module worker` (prefork, 2 processes) on the private Redis; returns once it
     answers a ping. Its log is `proc.log_path`."""
-    args = ["-m", "celery", "-A", app_module, "worker", "--pool", "prefork", "--concurrency", "2",
-            "--loglevel", "INFO", "--without-mingle", "--without-gossip"]  # fmt: skip
+    args = worker_args(2, queue=None, app_module=app_module)
     env = {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": "", "PYTHONUNBUFFERED": "1"}
     return spawn_worker(args, f"reconnect-{uuid.uuid4().hex[:6]}@localhost", env, ping=broker)
 
