@@ -37,13 +37,14 @@ def test_after_the_stall():
 
 
 def test_a_stalled_test_process_prints_its_stacks_and_the_run_ends_failed(tmp_path: Path) -> None:
-    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
     (tmp_path / "test_inner.py").write_text(INNER_TESTS)
     args = ["-m", "pytest", "-p", "tests.stall_watchdog", "-o", f"stall_timeout={STALL_SECONDS}"]
     args += ["-p", "xdist", "-n", "1", "-p", "no:cacheprovider", "test_inner.py"]
     started = time.monotonic()
+    env = {**unmeasured(), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # xdist and the watchdog only, given by -p
     run = subprocess.run(
-        [sys.executable, *args], cwd=tmp_path, env=unmeasured(), capture_output=True, text=True, timeout=120
+        [sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
     took = time.monotonic() - started
     output = run.stdout + run.stderr
