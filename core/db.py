@@ -73,7 +73,7 @@ def on_postgresql(session: Session | AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def dialect_insert(session: Session) -> Callable[..., Any]:
+def dialect_insert(session: Session) -> Callable[[Any], postgresql.Insert | sqlite.Insert]:
     """The `insert()` construct of `session`'s dialect (PostgreSQL's or SQLite's), the two that have
     `on_conflict_do_nothing()` and `on_conflict_do_update()`: an `INSERT ... ON CONFLICT` written once
     runs on both."""
