@@ -33,14 +33,14 @@ def _key(cfg: Settings) -> str:
 
 @asynccontextmanager
 async def running_app(cfg: Settings) -> AsyncIterator[FastAPI]:
-    """An app built from `cfg` (no in-process worker), its lifespan running."""
+    """An app built from `cfg` (no in-process worker), its lifespan running. The app goes back to
+    the idle apps only when its lifespan started and ended and the test raised nothing: an app whose
+    start-up or shutdown failed half way is not handed to the next test."""
     from api.main import create_app
 
     idle = _idle[_key(cfg)]
     application = idle.pop() if idle else create_app(cfg, start_embedded_worker=False)
     application.middleware_stack = None  # built again on the first request
-    try:
-        async with application.router.lifespan_context(application):
-            yield application
-    finally:
-        idle.append(application)
+    async with application.router.lifespan_context(application):
+        yield application
+    idle.append(application)
