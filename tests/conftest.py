@@ -61,8 +61,8 @@ from core.config import settings  # noqa: E402
 from core.db import get_sync_engine, libpq_dsn  # noqa: E402
 from core.users.models import Role  # noqa: E402
 from core.users.security import Principal, hash_password, issue_token  # noqa: E402
+from tests.celery_workers import worker_args  # noqa: E402
 from tests.coverage_env import without_greenlets  # noqa: E402
-from tests.faults.stack import worker_args  # noqa: E402
 from workers.celery_app import ORDERS_QUEUE, ORDERS_QUEUE_KEY  # noqa: E402
 
 #: Worker subprocess logs of this run; removed at the end unless the run failed.

@@ -152,11 +152,10 @@ async def test_a_restarted_server_costs_no_request_once_it_is_back():
     While it is down, `/readyz` is 503 and requests are the generic 500, answered within the pool
     timeout; the first request of each kind after the restart succeeds."""
     with private_postgres() as pg, private_redis() as redis_server:
-        pg.create_database("orderflow")
-        upgrade(pg.url("orderflow"))
+        upgrade(pg.url)
         cfg = settings.model_copy(
             update={
-                "database_url": pg.url("orderflow"),
+                "database_url": pg.url,
                 # No worker consumes this Redis: orders stay pending (the outbox), no wait for them.
                 "redis_url": redis_server.url,
                 "order_wait_seconds": 0,
@@ -175,7 +174,7 @@ async def test_a_restarted_server_costs_no_request_once_it_is_back():
                 cached = await client.get("/api/inventory/products", params={"manager_id": MGR})
             assert cached.headers.get("x-cache") == "HIT", cached.headers
 
-            pg.stop("fast")
+            pg.stop()
             ready = await client.get("/readyz")
             assert ready.status_code == 503
             assert ready.json()["checks"] == {"database": "unavailable", "redis": "ok"}

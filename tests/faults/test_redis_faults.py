@@ -6,7 +6,6 @@ one fault at a time, the order invariants checked after each.
 
 from __future__ import annotations
 
-import signal
 import time
 
 from tests.faults.run import FaultRun, assert_invariants
@@ -31,11 +30,11 @@ def test_redis_stopped_for_10_s_and_restarted(run: FaultRun):
 
 def test_redis_frozen_with_sigstop_for_30_s(run: FaultRun):
     def fault() -> float:
-        run.stack.redis.signal(signal.SIGSTOP)
+        run.stack.redis.freeze()
         try:
             time.sleep(REDIS_FROZEN_SECONDS)
         finally:
-            run.stack.redis.signal(signal.SIGCONT)
+            run.stack.redis.thaw()
         return time.monotonic()
 
     result = run.phase(f"b2 Redis frozen (SIGSTOP) {REDIS_FROZEN_SECONDS} s", fault, seed=12)

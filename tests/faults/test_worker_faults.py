@@ -13,7 +13,7 @@ import signal
 import time
 
 from tests.faults.run import FaultRun, assert_invariants
-from tests.faults.stack import wait_gone
+from tests.private_services import wait_gone
 from workers.celery_app import PROCESS_ORDER, RESERVE_ORDERS
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
+from tests.celery_workers import private_celery, worker_args
 from tests.conftest import spawn_worker, stop_worker_process
-from tests.faults.stack import private_celery, worker_args
 from tests.private_services import PrivateRedis, private_redis
 from tests.workers.helpers import (
     hold_row_lock,
