@@ -13,12 +13,14 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+import pytest
 from sqlalchemy import func, select
 
 from core.audit.models import AuditEntry
 from core.config import settings
-from core.db import make_statement_pool
+from core.db import libpq_dsn, make_statement_pool
 from core.errors import IdempotencyKeyReused, InsufficientStock, ProductDiscontinued, ProductNotFound
+from core.orders import intake
 from core.orders.intake import Intake, IntakeBatcher, OrderRequest, StatementUnit, submit_order
 from core.orders.models import IdempotencyKey, Order, OrderLine
 from tests.conftest import create_product
@@ -175,6 +177,59 @@ async def test_a_replay_in_a_batch_needs_no_fallback(client, app):
 
     assert on.batches == [3]
     assert all(r.replayed and r.order.id == first.order.id for r in results[1:])
+
+
+class RacedBatcher(IntakeBatcher):
+    """Runs each intake while another transaction (the rival) has stored an order under the same
+    idempotency key and not committed yet, as when two API processes take one new key at the same
+    moment: the intake's insert waits on the key's unique index and fails once the rival commits.
+    With `rival_body`, the rival's order has another request hash (another body)."""
+
+    def __init__(self, *args: Any, rival_body: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rival_body = rival_body
+        self.rival_order_id: int | None = None
+        self.waited = False
+
+    async def run(self, params, lines):  # type: ignore[no-untyped-def]
+        rival_params = {**params, "hash": "another body"} if self.rival_body else params
+        async with await psycopg.AsyncConnection.connect(libpq_dsn(settings.database_url)) as rival:
+            row = await (await rival.execute(intake._INTAKE_PG, rival_params)).fetchone()
+            self.rival_order_id = row[0]  # `_INTAKE_SQL`: order_id first
+            async with self.pool.connection() as conn, self.pool.connection() as watcher:
+                raced = asyncio.create_task(intake._run(conn, params))
+                for _ in range(400):  # until the intake waits on the rival's key
+                    waiting = await watcher.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock'"
+                    )
+                    if (await waiting.fetchone())[0]:
+                        self.waited = True
+                        break
+                    await asyncio.sleep(0.01)
+                await rival.commit()
+                return await raced
+
+
+@pytest.mark.parametrize("rival_body", [False, True], ids=["same body", "another body"])
+async def test_a_key_taken_by_a_concurrent_transaction_is_a_replay_or_a_conflict(client, app, db, rival_body):
+    product = await create_product(client, stock=100)
+    on = RacedBatcher(app.state.statement_pool, rival_body=rival_body)
+    unit = StatementUnit(on, app.state.read_sessionmaker)
+
+    result = await asyncio.gather(
+        submit_order(unit, request([(product["id"], 2)], key="raced")), return_exceptions=True
+    )
+
+    assert on.waited  # the intake's insert did wait on the rival's key
+    if rival_body:
+        assert isinstance(result[0], IdempotencyKeyReused), result
+    else:
+        assert isinstance(result[0], Intake) and result[0].replayed, result
+        assert result[0].order.id == on.rival_order_id
+    db.expire_all()
+    assert count(db, Order) == 1  # the rival's
+    assert count(db, IdempotencyKey) == 1
 
 
 async def test_batches_hold_at_most_max_batch_orders(client, app, db):
