@@ -11,13 +11,15 @@ Sessions commit at the edge only (STYLE.md rule 1): `session_scope()` here for t
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 from psycopg import pq
@@ -31,6 +33,8 @@ from sqlalchemy.types import TypeDecorator
 
 from core import uow
 from core.config import Settings, settings
+
+log = logging.getLogger(__name__)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -217,20 +221,110 @@ def make_async_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSess
 
 
 class StatementPool(AsyncConnectionPool):
-    """psycopg's `AsyncConnectionPool` that never hands out a connection the server closed
-    (`closed_by_server`, no round trip): such a connection is closed and given back, the pool opens a
-    replacement, and the next one is tried, within the same `timeout`. (psycopg_pool's own `check`
-    hook would put a connection that only looks idle back in the pool and back off for a second or
-    more between tries.)"""
+    """psycopg's `AsyncConnectionPool` with two changes for the request path.
+
+    * It never hands out a connection the server closed (`closed_by_server`, no round trip): such a
+      connection is closed and given back, the pool opens a replacement, and the next one is tried,
+      within the same `timeout`. (psycopg_pool's own `check` hook would put a connection that only
+      looks idle back in the pool and back off for a second or more between tries.)
+    * While the server refuses connections, a request fails at once instead of waiting out `timeout`.
+      psycopg_pool reconnects in the background with a growing backoff (1, 2, 4 s, ...), and a
+      request that finds no idle connection waits in its queue. Once a connection attempt has failed
+      (`outage` holds its error), a request that finds no idle connection, or is waiting for one,
+      opens a connection of its own: while the server is down its refusal is the request's error
+      (`psycopg.OperationalError`, the 500 of CONTRACT.md "Errors") within the connect, and once the
+      server is back that connection serves the request and is closed when given back, while the
+      pool refills. The first connection attempt that succeeds ends the outage.
+    """
+
+    def __init__(self, conninfo: str, **kwargs: Any) -> None:
+        #: The error of the latest connection attempt when it failed; None once one succeeds.
+        self.outage: psycopg.OperationalError | None = None
+        self._outage_began = asyncio.Event()
+        self._own: set[psycopg.AsyncConnection[Any]] = set()
+        self._conninfo = conninfo
+        self._options: dict[str, Any] = dict(kwargs.get("kwargs") or {})
+        pool = self
+
+        class Connection(psycopg.AsyncConnection[Any]):
+            """Tells the pool how each connection attempt ended (the pool's own and the requests')."""
+
+            @classmethod
+            async def connect(cls, conninfo: str = "", **options: Any) -> Self:
+                try:
+                    conn = await super().connect(conninfo, **options)
+                except psycopg.OperationalError as exc:
+                    pool._connect_failed(exc)
+                    raise
+                pool._connected()
+                return conn
+
+        super().__init__(conninfo, connection_class=Connection, **kwargs)
+
+    def _connect_failed(self, exc: psycopg.OperationalError) -> None:
+        if self.outage is None:
+            log.warning(
+                "%s: the database refuses connections; requests fail at once until it is back", self.name
+            )
+        self.outage = exc
+        self._outage_began.set()
+
+    def _connected(self) -> None:
+        if self.outage is not None:
+            log.warning("%s: the database accepts connections again", self.name)
+        self.outage = None
+        self._outage_began.clear()
+
+    def _idle(self) -> bool:
+        """Whether a connection waits in the pool (psycopg_pool's `pool_available`)."""
+        return self.get_stats().get(self._POOL_AVAILABLE, 0) > 0
 
     async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:  # noqa: ASYNC109 - psycopg_pool's signature
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
-            conn = await super().getconn(max(0.0, deadline - time.monotonic()))
+            if self.outage is not None and not self._idle():
+                return await self._connect_own()
+            conn = await self._pooled(max(0.0, deadline - time.monotonic()))
+            if conn is None:  # a connection attempt failed while this request waited
+                continue
             if not closed_by_server(conn):
                 return conn
             await conn.close()
             await self.putconn(conn)  # closed: the pool drops it and opens a replacement
+
+    async def _pooled(self, within: float) -> psycopg.AsyncConnection[Any] | None:
+        """A connection of the pool within `within` seconds (else psycopg_pool's `PoolTimeout`), or
+        None when a connection attempt fails while the request waits for one."""
+        if self._idle():
+            return await super().getconn(within)
+        waiting = asyncio.ensure_future(super().getconn(within))
+        failed = asyncio.ensure_future(self._outage_began.wait())
+        try:
+            await asyncio.wait((waiting, failed), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            waiting.cancel()  # psycopg_pool gives back a connection handed to a cancelled waiter
+            raise
+        finally:
+            failed.cancel()
+        if not waiting.done():
+            waiting.cancel()
+            await asyncio.wait((waiting,))
+            if waiting.cancelled() or waiting.exception() is not None:
+                return None
+        return waiting.result()
+
+    async def _connect_own(self) -> psycopg.AsyncConnection[Any]:
+        """A connection outside the pool (closed by `putconn`); raises the server's refusal."""
+        conn = await self.connection_class.connect(self._conninfo, **self._options)
+        self._own.add(conn)
+        return conn
+
+    async def putconn(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if conn in self._own:
+            self._own.discard(conn)
+            await conn.close()
+            return
+        await super().putconn(conn)
 
 
 def libpq_dsn(database_url: str) -> str:

@@ -149,8 +149,9 @@ def assert_generic_500(response: httpx.Response, store: bool) -> None:
 
 async def test_a_restarted_server_costs_no_request_once_it_is_back():
     """A private cluster is stopped (fast shutdown: every backend is told to go) and started again.
-    While it is down, `/readyz` is 503 and requests are the generic 500, answered within the pool
-    timeout; the first request of each kind after the restart succeeds."""
+    While it is down, `/readyz` is 503 and requests are the generic 500, each answered well within
+    the pool timeout (none waits for a connection that cannot come); the first request of each kind
+    after the restart succeeds."""
     with private_postgres() as pg, private_redis() as redis_server:
         upgrade(pg.url)
         cfg = settings.model_copy(
@@ -175,12 +176,22 @@ async def test_a_restarted_server_costs_no_request_once_it_is_back():
             assert cached.headers.get("x-cache") == "HIT", cached.headers
 
             pg.stop()
+            # Orders that arrive together find the intake's pooled connections closed: none waits
+            # out the pool timeout for a replacement that cannot come (core.db.StatementPool).
+            started = time.monotonic()
+            burst = await asyncio.gather(
+                *(client.post("/orders", json={"product_id": product_id, "quantity": 1}) for _ in range(4))
+            )
+            for response in burst:
+                assert_generic_500(response, store=False)
+            assert time.monotonic() - started < cfg.db_pool_timeout_seconds / 2
             ready = await client.get("/readyz")
             assert ready.status_code == 503
             assert ready.json()["checks"] == {"database": "unavailable", "redis": "ok"}
-            started = time.monotonic()
             for name, (call, _expected) in each_kind(client, product_id, store_id, 20).items():
+                started = time.monotonic()
                 response = await call
+                assert time.monotonic() - started < cfg.db_pool_timeout_seconds / 2, name
                 if name == "store listing":  # answered from the listing cache, which is in Redis
                     if response.status_code != 200:
                         # An earlier step's Redis wait ran past its bound on this busy machine, and
@@ -190,7 +201,6 @@ async def test_a_restarted_server_costs_no_request_once_it_is_back():
                     assert (response.status_code, response.headers.get("x-cache")) == (200, "HIT")
                     continue
                 assert_generic_500(response, store=name.startswith("store"))
-            assert time.monotonic() - started < 6 * cfg.db_pool_timeout_seconds
 
             pg.start()
             first: dict[str, float] = {}
