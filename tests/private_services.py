@@ -252,6 +252,23 @@ class PrivatePostgres:
         if not wait_gone([pid], 10):
             raise ServiceError(f"the private PostgreSQL (pid {pid}) did not stop; see {self.log_path}")
 
+    def freeze(self) -> list[int]:
+        """SIGSTOP to the postmaster and every process it started: the server keeps its sockets open
+        (connects and sends succeed) and answers nothing, as one stalled on its storage would.
+        Returns the pids, for `thaw`."""
+        pid = self.postmaster_pid()
+        assert pid is not None and pid_alive(pid), "the private PostgreSQL is not running"
+        pids = [pid, *children_of(pid)]
+        for each in pids:
+            os.kill(each, signal.SIGSTOP)
+        return pids
+
+    def thaw(self, pids: list[int]) -> None:
+        """SIGCONT to what `freeze` stopped (the postmaster last, so its children run first)."""
+        for each in reversed(pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(each, signal.SIGCONT)
+
     def terminate_backends(self) -> int:
         """`pg_terminate_backend` every other session of `database`; returns how many."""
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -51,13 +53,39 @@ async def _check_redis(request: Request) -> str:
     return "ok"
 
 
-async def _checked(name: str, check: object, within: float) -> str:
-    """`check`'s answer, or "unavailable" when it failed or took longer than `within` seconds."""
+#: Checks given up on by `_checked` and still unwinding (the loop keeps only weak references to tasks).
+_abandoned: set[asyncio.Task[str]] = set()
+
+
+def _forget(task: asyncio.Task[str]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+
+async def _checked(name: str, check: Coroutine[Any, Any, str], within: float) -> str:
+    """`check`'s answer, or "unavailable" when it failed or took longer than `within` seconds.
+
+    A check that runs out of time is cancelled and not waited for: psycopg answers a cancellation
+    during a query by asking the server to cancel it and waiting for the query's end, up to 5 s each,
+    which a frozen server (stopped, or stalled on its storage) spends in full."""
+    task = asyncio.ensure_future(check)
     try:
-        return await asyncio.wait_for(check, within)  # type: ignore[arg-type]
-    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        done, _ = await asyncio.wait((task,), timeout=within)
+    except BaseException:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        _abandoned.add(task)
+        task.add_done_callback(_forget)
+        log.warning("readiness check %s failed: no answer within %g s", name, within)
+        return "unavailable"
+    exc = task.exception()
+    if exc is not None:
         log.warning("readiness check %s failed: %s", name, type(exc).__name__)
         return "unavailable"
+    return task.result()
 
 
 @router.get(

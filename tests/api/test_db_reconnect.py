@@ -215,3 +215,30 @@ async def test_a_restarted_server_costs_no_request_once_it_is_back():
             print("\nfirst request of each kind after the restart (s):", first)
             ready = await client.get("/readyz")
             assert ready.status_code == 200, ready.text
+
+
+async def test_readiness_answers_within_its_bound_while_the_server_is_frozen():
+    """A private cluster is frozen (SIGSTOP: connections open, nothing answers). `/readyz` gives the
+    database up after its 2 s and says 503 at once, though psycopg takes up to 10 s more to unwind
+    the cancelled `SELECT 1`; after the thaw it is 200 again."""
+    from api.routes.health import DATABASE_CHECK_TIMEOUT_SECONDS
+
+    with private_postgres() as pg, private_redis() as redis_server:
+        upgrade(pg.url)
+        cfg = settings.model_copy(update={"database_url": pg.url, "redis_url": redis_server.url})
+        async with app_client(cfg, {}) as (_app, client):
+            assert (await client.get("/readyz")).status_code == 200  # both pools hold a connection
+            frozen = pg.freeze()
+            try:
+                started = time.monotonic()
+                ready = await client.get("/readyz")
+                elapsed = time.monotonic() - started
+            finally:
+                pg.thaw(frozen)
+            assert ready.status_code == 503, ready.text
+            assert ready.json()["checks"] == {"database": "unavailable", "redis": "ok"}
+            assert elapsed < DATABASE_CHECK_TIMEOUT_SECONDS + 1.5, elapsed
+            deadline = time.monotonic() + 15
+            while (await client.get("/readyz")).status_code != 200:
+                assert time.monotonic() < deadline, "not ready 15 s after the thaw"
+                await asyncio.sleep(0.2)
