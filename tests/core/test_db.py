@@ -1,0 +1,52 @@
+"""The intake's connection pool (`core.db.StatementPool`) on the real PostgreSQL: a request that waits
+for a connection and is cancelled leaves the pool whole, and a server that refuses connections is
+each request's error at once, not after the pool timeout (docs/operations.md, "Limits")."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psycopg
+import pytest
+
+from core.config import settings
+from core.db import StatementPool, libpq_dsn
+from tests.private_services import spare_port
+
+
+async def test_a_request_cancelled_while_it_waits_leaves_the_pool_whole():
+    pool = StatementPool(libpq_dsn(settings.database_url), min_size=1, max_size=1, timeout=5, open=False)
+    await pool.open(wait=True)
+    try:
+        held = await pool.getconn()
+        waiter = asyncio.create_task(pool.getconn())
+        await asyncio.sleep(0.05)
+        assert not waiter.done()  # no idle connection: it waits
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await pool.putconn(held)
+
+        started = time.monotonic()
+        async with pool.connection() as conn:
+            assert (await (await conn.execute("SELECT 1")).fetchone()) == (1,)
+        assert time.monotonic() - started < 1
+        assert pool.get_stats().get("requests_waiting", 0) == 0
+    finally:
+        await pool.close()
+
+
+async def test_a_server_that_refuses_connections_is_each_requests_error_at_once():
+    pool = StatementPool(f"postgresql://postgres@127.0.0.1:{spare_port()}/nothing", min_size=0, max_size=2,
+                         timeout=10, reconnect_timeout=10, open=False)  # fmt: skip
+    await pool.open(wait=False)
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(psycopg.OperationalError, match="refused"):
+                await pool.getconn()
+            assert time.monotonic() - started < 1  # not the 10 s pool timeout
+        assert pool.outage is not None
+    finally:
+        await pool.close()
