@@ -233,8 +233,9 @@ class StatementPool(AsyncConnectionPool):
       (`outage` holds its error), a request that finds no idle connection, or is waiting for one,
       opens a connection of its own: while the server is down its refusal is the request's error
       (`psycopg.OperationalError`, the 500 of CONTRACT.md "Errors") within the connect, and once the
-      server is back that connection serves the request and is closed when given back, while the
-      pool refills. The first connection attempt that succeeds ends the outage.
+      server is back that connection serves the request and is closed when given back. The outage
+      ends when the pool itself has a new connection again (`configure`), so no request waits out
+      the pool's backoff after the server is back.
     """
 
     def __init__(self, conninfo: str, **kwargs: Any) -> None:
@@ -247,19 +248,17 @@ class StatementPool(AsyncConnectionPool):
         pool = self
 
         class Connection(psycopg.AsyncConnection[Any]):
-            """Tells the pool how each connection attempt ended (the pool's own and the requests')."""
+            """Tells the pool of every failed connection attempt (the pool's own and the requests')."""
 
             @classmethod
             async def connect(cls, conninfo: str = "", **options: Any) -> Self:
                 try:
-                    conn = await super().connect(conninfo, **options)
+                    return await super().connect(conninfo, **options)
                 except psycopg.OperationalError as exc:
                     pool._connect_failed(exc)
                     raise
-                pool._connected()
-                return conn
 
-        super().__init__(conninfo, connection_class=Connection, **kwargs)
+        super().__init__(conninfo, connection_class=Connection, configure=self._pool_connected, **kwargs)
 
     def _connect_failed(self, exc: psycopg.OperationalError) -> None:
         if self.outage is None:
@@ -269,7 +268,8 @@ class StatementPool(AsyncConnectionPool):
         self.outage = exc
         self._outage_began.set()
 
-    def _connected(self) -> None:
+    async def _pool_connected(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """psycopg_pool's `configure` hook: the pool made a connection, so the outage is over."""
         if self.outage is not None:
             log.warning("%s: the database accepts connections again", self.name)
         self.outage = None
@@ -314,9 +314,12 @@ class StatementPool(AsyncConnectionPool):
         return waiting.result()
 
     async def _connect_own(self) -> psycopg.AsyncConnection[Any]:
-        """A connection outside the pool (closed by `putconn`); raises the server's refusal."""
+        """A connection outside the pool (closed by `putconn`); raises the server's refusal. Once one
+        succeeds, the pool is asked to grow if it has given up reconnecting (psycopg_pool stops
+        after `reconnect_timeout` and tries again only when asked)."""
         conn = await self.connection_class.connect(self._conninfo, **self._options)
         self._own.add(conn)
+        await self.check()  # no connection in the pool to check: only its `_maybe_grow_pool`
         return conn
 
     async def putconn(self, conn: psycopg.AsyncConnection[Any]) -> None:
