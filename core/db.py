@@ -239,7 +239,7 @@ class StatementPool(AsyncConnectionPool):
     """
 
     def __init__(self, conninfo: str, **kwargs: Any) -> None:
-        #: The error of the latest connection attempt when it failed; None once one succeeds.
+        #: The error of the latest failed connection attempt; None once the pool has reconnected.
         self.outage: psycopg.OperationalError | None = None
         self._outage_began = asyncio.Event()
         self._own: set[psycopg.AsyncConnection[Any]] = set()
@@ -318,8 +318,12 @@ class StatementPool(AsyncConnectionPool):
         succeeds, the pool is asked to grow if it has given up reconnecting (psycopg_pool stops
         after `reconnect_timeout` and tries again only when asked)."""
         conn = await self.connection_class.connect(self._conninfo, **self._options)
+        try:
+            await self.check()  # no connection in the pool to check: only its `_maybe_grow_pool`
+        except BaseException:
+            await conn.close()
+            raise
         self._own.add(conn)
-        await self.check()  # no connection in the pool to check: only its `_maybe_grow_pool`
         return conn
 
     async def putconn(self, conn: psycopg.AsyncConnection[Any]) -> None:
