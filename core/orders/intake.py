@@ -34,7 +34,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
 from psycopg.rows import namedtuple_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
@@ -264,7 +264,10 @@ class IntakeBatcher:
     first used twice at once, any data error) is not the others' fault: each of its orders then runs
     alone, so only the order at fault gets the error. A failure of the database itself
     (`psycopg.OperationalError`, `psycopg_pool.PoolTimeout`) is every queued order's error, as it would
-    have been alone. Event-loop bound: make and use it on the API process's loop."""
+    have been alone. An order that waits in the queue longer than the pool's `timeout` (the statement
+    ahead of it is stuck, as on a frozen server) leaves it with `psycopg_pool.PoolTimeout`, never sent,
+    so its 500 is the whole truth and a retry cannot double it. Event-loop bound: make and use it on
+    the API process's loop."""
 
     def __init__(self, pool: AsyncConnectionPool, *, max_batch: int = 64, max_statements: int = 1) -> None:
         self.pool = pool
@@ -284,13 +287,34 @@ class IntakeBatcher:
             finally:
                 self._running -= 1
                 self._start_drains()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((params, lines, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        queued: _Queued = (params, lines, future)
+        self._queue.append(queued)
         self._start_drains()
-        outcome: tuple[Any, Any] | None = await future
+        expiry = loop.call_later(self.pool.timeout, self._expire, queued)
+        try:
+            outcome: tuple[Any, Any] | None = await future
+        finally:
+            expiry.cancel()
         if outcome is None:  # the batch failed on one of its orders: each runs alone
             return await self._alone(params)
         return outcome
+
+    def _expire(self, queued: _Queued) -> None:
+        """An intake still queued after the pool's `timeout` (the statement ahead of it is stuck, as
+        on a frozen server) leaves the queue with `PoolTimeout`: its order was never sent, so the
+        client's 500 is the whole truth. One already taken into a statement waits for its outcome."""
+        for index, item in enumerate(self._queue):
+            if item is queued:
+                del self._queue[index]
+                if not queued[2].done():
+                    queued[2].set_exception(
+                        PoolTimeout(
+                            f"the order waited {self.pool.timeout:g} s for the intake statement ahead of it"
+                        )
+                    )
+                return
 
     async def _alone(self, params: dict[str, Any]) -> tuple[Any, Any]:
         conn = await self.pool.getconn()

@@ -242,3 +242,47 @@ async def test_readiness_answers_within_its_bound_while_the_server_is_frozen():
             while (await client.get("/readyz")).status_code != 200:
                 assert time.monotonic() < deadline, "not ready 15 s after the thaw"
                 await asyncio.sleep(0.2)
+
+
+async def test_orders_queued_behind_a_statement_on_a_frozen_server_are_refused_unsent():
+    """A private cluster is frozen while an intake statement is on its way: that order waits for the
+    server (its outcome is unknown until then); the orders queued behind it answer the generic 500
+    after the pool timeout and are never stored, so a retry cannot double them."""
+    with private_postgres() as pg, private_redis() as redis_server:
+        upgrade(pg.url)
+        cfg = settings.model_copy(
+            update={
+                "database_url": pg.url,
+                "redis_url": redis_server.url,
+                "order_wait_seconds": 0,
+                "db_pool_timeout_seconds": 2,
+                "first_admin_username": "root",
+                "first_admin_password": "root-password",
+            }
+        )
+        async with app_client(cfg, basic_header("root", "root-password")) as (_app, client):
+            product_id, _store_id = await seed(client)
+            token = (await client.post("/login")).json()["access_token"]
+            bearer = {"Authorization": f"Bearer {token}"}  # its user is cached (AUTH_USER_CACHE_SECONDS)
+            body = {"product_id": product_id, "quantity": 1}
+            assert (await client.post("/orders", json=body, headers=bearer)).status_code == 202
+            frozen = pg.freeze()
+            try:
+                first = asyncio.create_task(client.post("/orders", json=body, headers=bearer))
+                await asyncio.sleep(0.2)  # its statement is on its way to the frozen server
+                started = time.monotonic()
+                async with asyncio.timeout(cfg.db_pool_timeout_seconds + 5):  # not until the thaw
+                    queued = await asyncio.gather(
+                        *(client.post("/orders", json=body, headers=bearer) for _ in range(3))
+                    )
+                elapsed = time.monotonic() - started
+                assert not first.done()
+            finally:
+                pg.thaw(frozen)
+            for response in queued:
+                assert_generic_500(response, store=False)
+            assert elapsed < cfg.db_pool_timeout_seconds + 2, elapsed
+            assert (await first).status_code == 202
+        with psycopg.connect(pg.dsn) as conn:
+            stored = conn.execute("SELECT count(*) FROM orders").fetchone()
+        assert stored == (2,)  # the one before the freeze and the one on its way; none of the queued
