@@ -290,3 +290,35 @@ async def test_a_database_failure_is_every_queued_orders_error(client, app):
 
     assert on.batches == [3]
     assert all(isinstance(r, psycopg.OperationalError) for r in results), results
+
+
+class SlowBatcher(CountingBatcher):
+    """Its batch statements start `delay` seconds late, after their orders left the queue."""
+
+    def __init__(self, *args: Any, delay: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.delay = delay
+
+    async def _together(self, orders):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(self.delay)
+        return await super()._together(orders)
+
+
+async def test_an_order_taken_into_a_statement_is_not_refused_by_the_queue_timeout(client, app, db):
+    """The queue's bound (the pool's `timeout`) refuses only orders still queued, never sent: one
+    already taken into a statement waits for that statement's outcome, however long it takes."""
+    product = await create_product(client, stock=100)
+    pool = make_statement_pool(settings.model_copy(update={"db_pool_timeout_seconds": 0.3}))
+    assert pool is not None
+    await pool.open()
+    try:
+        on = SlowBatcher(pool, max_statements=1, delay=0.6)
+
+        results = await submit_all(app, on, [request([(product["id"], 1)]) for _ in range(4)])
+
+        assert on.batches == [3]  # the first ran alone, the three queued went together, late
+        assert all(isinstance(r, Intake) for r in results), results
+    finally:
+        await pool.close()
+    db.expire_all()
+    assert count(db, Order) == 4
