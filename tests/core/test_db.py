@@ -1,6 +1,7 @@
 """The intake's connection pool (`core.db.StatementPool`) on the real PostgreSQL: a request that waits
-for a connection and is cancelled leaves the pool whole, and a server that refuses connections is
-each request's error at once, not after the pool timeout (docs/operations.md, "Limits")."""
+for a connection and is cancelled leaves the pool whole; a server that refuses connections is each
+request's error at once, not after the pool timeout; after an outage, requests use connections of
+their own until the pool has reconnected (docs/operations.md, "Limits")."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from core.config import settings
 from core.db import StatementPool, libpq_dsn
-from tests.private_services import spare_port
+from tests.private_services import private_postgres, spare_port
 
 
 async def test_a_request_cancelled_while_it_waits_leaves_the_pool_whole():
@@ -50,3 +51,35 @@ async def test_a_server_that_refuses_connections_is_each_requests_error_at_once(
         assert pool.outage is not None
     finally:
         await pool.close()
+
+
+async def test_after_an_outage_requests_use_connections_of_their_own_until_the_pool_has_reconnected():
+    """A private cluster stops and starts again: while it is down each request's error comes at once;
+    once it is back the first requests get connections of their own (closed when given back) until
+    the pool's own reconnection, after its backoff, ends the outage."""
+    with private_postgres() as pg:
+        pool = StatementPool(libpq_dsn(pg.url), min_size=1, max_size=2, timeout=10, reconnect_timeout=10,
+                             kwargs={"autocommit": True}, open=False)  # fmt: skip
+        await pool.open(wait=True)
+        try:
+            async with pool.connection() as conn:
+                await conn.execute("SELECT 1")
+            pg.stop()
+            with pytest.raises(psycopg.OperationalError):
+                async with pool.connection() as conn:
+                    await conn.execute("SELECT 1")
+            assert pool.outage is not None
+            pg.start()
+
+            async with pool.connection() as own:
+                await own.execute("SELECT 1")
+            assert own.closed  # it was the request's own, not the pool's
+            deadline = time.monotonic() + 15
+            while pool.outage is not None:
+                assert time.monotonic() < deadline, "the pool did not reconnect within 15 s"
+                await asyncio.sleep(0.1)
+            async with pool.connection() as pooled:
+                await pooled.execute("SELECT 1")
+            assert not pooled.closed  # back in the pool
+        finally:
+            await pool.close()
