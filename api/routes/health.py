@@ -59,26 +59,25 @@ _abandoned: set[asyncio.Task[str]] = set()
 
 def _forget(task: asyncio.Task[str]) -> None:
     _abandoned.discard(task)
-    if not task.cancelled():
-        task.exception()  # retrieved, so asyncio does not log it as never retrieved
+    _ = task.cancelled() or task.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 async def _checked(name: str, check: Coroutine[Any, Any, str], within: float) -> str:
     """`check`'s answer, or "unavailable" when it failed or took longer than `within` seconds.
 
-    A check that runs out of time is cancelled and not waited for: psycopg answers a cancellation
-    during a query by asking the server to cancel it and waiting for the query's end, up to 5 s each,
-    which a frozen server (stopped, or stalled on its storage) spends in full."""
+    A check that runs out of time (or whose request is cancelled) is cancelled and not waited for:
+    psycopg answers a cancellation during a query by asking the server to cancel it and waiting for
+    the query's end, up to 5 s each, which a frozen server (stopped, or stalled on its storage)
+    spends in full."""
     task = asyncio.ensure_future(check)
     try:
         done, _ = await asyncio.wait((task,), timeout=within)
-    except BaseException:
-        task.cancel()
-        raise
+    finally:
+        if not task.done():
+            task.cancel()
+            _abandoned.add(task)
+            task.add_done_callback(_forget)
     if not done:
-        task.cancel()
-        _abandoned.add(task)
-        task.add_done_callback(_forget)
         log.warning("readiness check %s failed: no answer within %g s", name, within)
         return "unavailable"
     exc = task.exception()
