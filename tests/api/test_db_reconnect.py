@@ -27,7 +27,7 @@ from core.migrate import upgrade
 from core.redisconn import UNAVAILABLE_SKIP_SECONDS
 from tests.api.test_orders import wait_for_idle_queue
 from tests.conftest import ADMIN, ADMIN_DSN, TEST_DB, basic_header
-from tests.private_services import private_postgres, private_redis
+from tests.private_services import PrivatePostgres, PrivateRedis, private_postgres, private_redis
 
 MGR = "mgr_reconnect"
 
@@ -46,6 +46,23 @@ async def app_client(
         async with httpx.AsyncClient(transport=transport, base_url=base, headers=headers) as c:
             yield application, c
         await application.state.dispatcher.drain()
+
+
+def private_settings(pg: PrivatePostgres, redis_server: PrivateRedis, pool_timeout: float) -> Settings:
+    """The settings of an app on a private cluster (migrated here) and a private Redis, whose admin is
+    `root`. No worker consumes that Redis: orders stay pending (the outbox) and no request waits for
+    them (`ORDER_WAIT_SECONDS` 0)."""
+    upgrade(pg.url)
+    return settings.model_copy(
+        update={
+            "database_url": pg.url,
+            "redis_url": redis_server.url,
+            "order_wait_seconds": 0,
+            "db_pool_timeout_seconds": pool_timeout,
+            "first_admin_username": "root",
+            "first_admin_password": "root-password",
+        }
+    )
 
 
 def store_order(store_id: str) -> dict:
@@ -153,18 +170,7 @@ async def test_a_restarted_server_costs_no_request_once_it_is_back():
     the pool timeout (none waits for a connection that cannot come); the first request of each kind
     after the restart succeeds."""
     with private_postgres() as pg, private_redis() as redis_server:
-        upgrade(pg.url)
-        cfg = settings.model_copy(
-            update={
-                "database_url": pg.url,
-                # No worker consumes this Redis: orders stay pending (the outbox), no wait for them.
-                "redis_url": redis_server.url,
-                "order_wait_seconds": 0,
-                "db_pool_timeout_seconds": 3,
-                "first_admin_username": "root",
-                "first_admin_password": "root-password",
-            }
-        )
+        cfg = private_settings(pg, redis_server, pool_timeout=3)
         async with app_client(cfg, basic_header("root", "root-password")) as (_app, client):
             product_id, store_id = await seed(client)
             await fill_pools(client, product_id, store_id)
@@ -224,8 +230,7 @@ async def test_readiness_answers_within_its_bound_while_the_server_is_frozen():
     from api.routes.health import DATABASE_CHECK_TIMEOUT_SECONDS
 
     with private_postgres() as pg, private_redis() as redis_server:
-        upgrade(pg.url)
-        cfg = settings.model_copy(update={"database_url": pg.url, "redis_url": redis_server.url})
+        cfg = private_settings(pg, redis_server, pool_timeout=settings.db_pool_timeout_seconds)
         async with app_client(cfg, {}) as (_app, client):
             assert (await client.get("/readyz")).status_code == 200  # both pools hold a connection
             frozen = pg.freeze()
@@ -249,17 +254,7 @@ async def test_orders_queued_behind_a_statement_on_a_frozen_server_are_refused_u
     server (its outcome is unknown until then); the orders queued behind it answer the generic 500
     after the pool timeout and are never stored, so a retry cannot double them."""
     with private_postgres() as pg, private_redis() as redis_server:
-        upgrade(pg.url)
-        cfg = settings.model_copy(
-            update={
-                "database_url": pg.url,
-                "redis_url": redis_server.url,
-                "order_wait_seconds": 0,
-                "db_pool_timeout_seconds": 2,
-                "first_admin_username": "root",
-                "first_admin_password": "root-password",
-            }
-        )
+        cfg = private_settings(pg, redis_server, pool_timeout=2)
         async with app_client(cfg, basic_header("root", "root-password")) as (_app, client):
             product_id, _store_id = await seed(client)
             token = (await client.post("/login")).json()["access_token"]
