@@ -117,7 +117,10 @@ class Load:
             self._error = exc
 
     async def _main(self) -> None:
-        limits = httpx.Limits(max_connections=20)
+        # Idle connections expire before uvicorn's keep-alive timeout (5 s): with both at 5 s, a
+        # connection could be reused by the client just as the server closes it, a reset (`ReadError`)
+        # that no fault causes.
+        limits = httpx.Limits(max_connections=20, keepalive_expiry=2.0)
         async with httpx.AsyncClient(
             base_url=self.base_url, timeout=REQUEST_TIMEOUT_SECONDS, trust_env=False, limits=limits
         ) as http:
