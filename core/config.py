@@ -161,6 +161,16 @@ class Settings(BaseSettings):
         default=5000, ge=0, description="PostgreSQL lock_timeout of every session; 0 = none"
     )
 
+    # HTTP (docs/operations.md, "Limits")
+    http_keep_alive_seconds: int = Field(
+        default=65,
+        ge=1,
+        le=3600,
+        description="How long `orderflow serve` keeps an idle HTTP/1.1 connection open (uvicorn's "
+        "timeout_keep_alive); above the 60 s idle timeout of common load balancers and proxies, so "
+        "that they, not the API, close idle connections",
+    )
+
     flower_basic_auth: str | None = None
     log_level: str = "INFO"
     environment: str = Field(default="production", description="production | development | test")

@@ -58,6 +58,7 @@ def serve(
         log_level=settings.log_level.lower(),
         access_log=False,
         proxy_headers=True,
+        timeout_keep_alive=settings.http_keep_alive_seconds,
     )
 
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import re
 import shlex
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from typer.testing import CliRunner
 
+from core.config import Settings
 from orderflow.cli import app
+from tests.live_server import embedded_env, live_server
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -135,3 +139,23 @@ def test_the_printed_hints_are_whole_runnable_lines_with_the_quick_start_admin(m
         parsed = subprocess.run(["bash", "-n", "-c", command], capture_output=True, text=True, check=False)
         assert parsed.returncode == 0, (command, parsed.stderr)
     assert not any(line.endswith(("\\", "-H", "-d", "|")) for line in lines), lines
+
+
+def test_serve_keeps_idle_connections_open_for_http_keep_alive_seconds(tmp_path):
+    """`orderflow serve` gives uvicorn `HTTP_KEEP_ALIVE_SECONDS`: with 1 s, an idle connection is
+    closed by the server after about a second (uvicorn's own default would keep it 5 s)."""
+    env = embedded_env(tmp_path, HTTP_KEEP_ALIVE_SECONDS="1")
+    with (
+        live_server(tmp_path, env=env) as server,
+        socket.create_connection(("127.0.0.1", server.port)) as sock,
+    ):
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: orderflow.test\r\n\r\n")
+        sock.settimeout(4)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        assert sock.recv(4096) == b""  # the server closed the idle connection
+        assert 0.5 < time.monotonic() - started < 3
+
+
+def test_http_keep_alive_outlasts_a_load_balancers_idle_timeout():
+    assert Settings().http_keep_alive_seconds > 60
