@@ -243,6 +243,7 @@ class StatementPool(AsyncConnectionPool):
         self.outage: psycopg.OperationalError | None = None
         self._outage_began = asyncio.Event()
         self._own: set[psycopg.AsyncConnection[Any]] = set()
+        self._probe: asyncio.Future[None] | None = None
         self._conninfo = conninfo
         self._options: dict[str, Any] = dict(kwargs.get("kwargs") or {})
         pool = self
@@ -314,10 +315,29 @@ class StatementPool(AsyncConnectionPool):
         return waiting.result()
 
     async def _connect_own(self) -> psycopg.AsyncConnection[Any]:
-        """A connection outside the pool (closed by `putconn`); raises the server's refusal. Once one
-        succeeds, the pool is asked to grow if it has given up reconnecting (psycopg_pool stops
-        after `reconnect_timeout` and tries again only when asked)."""
-        conn = await self.connection_class.connect(self._conninfo, **self._options)
+        """A connection outside the pool (closed by `putconn`); raises the server's refusal. One
+        attempt at a time: while one is on its way, the others wait for its outcome and share its
+        refusal, so a server that does not answer at all (`DB_CONNECT_TIMEOUT_SECONDS` per attempt)
+        costs one attempt, not one per request. Once one succeeds, the pool is asked to grow if it has
+        given up reconnecting (psycopg_pool stops after `reconnect_timeout` and tries again only when
+        asked)."""
+        if self._probe is not None:
+            await asyncio.shield(self._probe)  # raises the refusal the attempt on its way met
+            conn = await self.connection_class.connect(self._conninfo, **self._options)
+        else:
+            probe = self._probe = asyncio.get_running_loop().create_future()
+            probe.add_done_callback(_retrieved)
+            try:
+                conn = await self.connection_class.connect(self._conninfo, **self._options)
+            except BaseException as exc:
+                if isinstance(exc, Exception):
+                    probe.set_exception(exc)
+                else:
+                    probe.cancel()
+                raise
+            finally:
+                self._probe = None
+            probe.set_result(None)
         try:
             await self.check()  # no connection in the pool to check: only its `_maybe_grow_pool`
         except BaseException:
@@ -332,6 +352,11 @@ class StatementPool(AsyncConnectionPool):
             await conn.close()
             return
         await super().putconn(conn)
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    """Marks a future's exception as retrieved (asyncio logs one that nobody awaited)."""
+    _ = future.cancelled() or future.exception()
 
 
 def libpq_dsn(database_url: str) -> str:

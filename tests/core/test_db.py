@@ -6,6 +6,7 @@ their own until the pool has reconnected (docs/operations.md, "Limits")."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import psycopg
@@ -51,6 +52,36 @@ async def test_a_server_that_refuses_connections_is_each_requests_error_at_once(
         assert pool.outage is not None
     finally:
         await pool.close()
+
+
+class CountingPool(StatementPool):
+    """Counts the failed connection attempts, the pool's own and the requests'."""
+
+    failures = 0
+
+    def _connect_failed(self, exc: psycopg.OperationalError) -> None:
+        self.failures += 1
+        super()._connect_failed(exc)
+
+
+async def test_requests_that_arrive_together_during_an_outage_share_one_connection_attempt():
+    """Ten requests at once while the server's address takes connections and never answers (the
+    kernel completes the handshake; nothing speaks): they fail together on the pool's own attempt and
+    one attempt of theirs, each held for the connect timeout (2 s), not on one attempt each."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        port = silent.getsockname()[1]
+        pool = CountingPool(f"postgresql://postgres@127.0.0.1:{port}/nothing", min_size=0, max_size=2,
+                            timeout=10, reconnect_timeout=10, kwargs={"connect_timeout": 2},
+                            open=False)  # fmt: skip
+        await pool.open(wait=False)
+        try:
+            results = await asyncio.gather(*(pool.getconn() for _ in range(10)), return_exceptions=True)
+            assert all(isinstance(r, psycopg.OperationalError) for r in results), results
+            assert pool.failures <= 3, pool.failures
+        finally:
+            await pool.close()
 
 
 async def test_after_an_outage_requests_use_connections_of_their_own_until_the_pool_has_reconnected():
