@@ -24,6 +24,7 @@ from core.orders import intake
 from core.orders.intake import Intake, IntakeBatcher, OrderRequest, StatementUnit, submit_order
 from core.orders.models import IdempotencyKey, Order, OrderLine
 from tests.conftest import create_product
+from tests.workers.helpers import lock_waiters
 
 
 class CountingBatcher(IntakeBatcher):
@@ -196,14 +197,10 @@ class RacedBatcher(IntakeBatcher):
         async with await psycopg.AsyncConnection.connect(libpq_dsn(settings.database_url)) as rival:
             row = await (await rival.execute(intake._INTAKE_PG, rival_params)).fetchone()
             self.rival_order_id = row[0]  # `_INTAKE_SQL`: order_id first
-            async with self.pool.connection() as conn, self.pool.connection() as watcher:
+            async with self.pool.connection() as conn:
                 raced = asyncio.create_task(intake._run(conn, params))
                 for _ in range(400):  # until the intake waits on the rival's key
-                    waiting = await watcher.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND wait_event_type = 'Lock'"
-                    )
-                    if (await waiting.fetchone())[0]:
+                    if lock_waiters():
                         self.waited = True
                         break
                     await asyncio.sleep(0.01)
