@@ -183,16 +183,27 @@ def _empty_tables() -> None:
                 raise
 
 
+#: True while the tables hold only what `_empty_tables` left: set by it, kept by `rolled_back` tests
+#: (whose writes are rolled back), cleared by any other test that touches the database.
+_tables_clean = False
+
+
 @pytest.fixture(autouse=True)
 def clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
     """Every test starts with empty tables (but the admin) and an empty Redis db; a test marked
-    `pure` touches neither and gets no database at all."""
+    `pure` touches neither and gets no database at all. A test marked `rolled_back` runs in one
+    transaction that its `db` fixture rolls back, so the tables are emptied before it only when a
+    test before it may have committed."""
+    global _tables_clean
     if request.node.get_closest_marker("pure") is not None:
         yield
         return
     request.getfixturevalue("database")
     _wait_for_empty_queue()
-    _empty_tables()
+    rolled_back = request.node.get_closest_marker("rolled_back") is not None
+    if not (rolled_back and _tables_clean):
+        _empty_tables()
+    _tables_clean = rolled_back
     _clear_redis()
     redisconn.reset_availability()
     yield
@@ -291,12 +302,29 @@ async def anon(app: object) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def db() -> Iterator[object]:
-    """A synchronous session for arranging and asserting (committed by the test when needed)."""
+def db(request: pytest.FixtureRequest) -> Iterator[object]:
+    """A synchronous session for arranging and asserting (committed by the test when needed). In a
+    test marked `rolled_back` it works inside one transaction on its own connection, rolled back at
+    the end: the test's `commit()`s release savepoints, and nothing it wrote outlives it (its
+    after-commit effects are dropped with it)."""
     from core.db import session_scope
 
-    with session_scope() as session:
-        yield session
+    if request.node.get_closest_marker("rolled_back") is None:
+        with session_scope() as session:
+            yield session
+        return
+    from sqlalchemy.orm import Session
+
+    with get_sync_engine().connect() as connection:
+        outer = connection.begin()
+        session = Session(
+            connection, join_transaction_mode="create_savepoint", expire_on_commit=False, autoflush=False
+        )
+        try:
+            yield session
+        finally:
+            session.close()
+            outer.rollback()
 
 
 async def create_product(client: httpx.AsyncClient, **fields: object) -> dict:

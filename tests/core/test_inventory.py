@@ -25,6 +25,9 @@ from core.products import service as products
 from core.products.models import Product, StockMovement
 from core.products.schemas import ProductCreate
 
+#: Each test works only through the `db` session, in one transaction rolled back at its end.
+pytestmark = pytest.mark.rolled_back
+
 ROOT = Path(__file__).resolve().parents[2]
 
 #: What writing the ledger looks like in source: an ORM row, a Core INSERT, or SQL naming the table.

@@ -32,6 +32,9 @@ from core.products import service as products
 from core.products.models import Product, StockMovement
 from core.products.schemas import ProductCreate, ProductUpdate
 
+#: Each test works only through the `db` session, in one transaction rolled back at its end.
+pytestmark = pytest.mark.rolled_back
+
 
 def make_product(db, stock: int = 10, name: str = "Product A", price: str = "15.99", **extra) -> int:
     return products.create_product(db, ProductCreate(name=name, price=price, stock=stock, **extra)).id

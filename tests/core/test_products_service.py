@@ -44,6 +44,7 @@ def make(session: Session, stock: int = 0, **fields) -> int:
     return service.create_product(session, data.model_copy(update=fields), actor="tester").id
 
 
+@pytest.mark.rolled_back
 def test_create_writes_a_create_movement_only_when_stock_is_positive(db):
     stocked = make(db, stock=7)
     empty = make(db, stock=0, name="Empty")
@@ -58,6 +59,7 @@ def test_create_writes_a_create_movement_only_when_stock_is_positive(db):
     assert product.created_at.tzinfo is not None
 
 
+@pytest.mark.rolled_back
 def test_update_product_adjustment_delta(db):
     pid = make(db, stock=10)
     before = service.get_product(db, pid).updated_at
@@ -77,6 +79,7 @@ def test_update_product_adjustment_delta(db):
     assert product.updated_at > before
 
 
+@pytest.mark.rolled_back
 def test_update_product_keeps_fields_not_given(db):
     pid = make(db, stock=3, description="keep", manager_id="mgr_1", low_stock_threshold=2)
     product = service.update_product(db, pid, ProductUpdate(price=Decimal("1.50")))
@@ -105,6 +108,7 @@ def test_decrement_insufficient_stock_keeps_stock(db):
     assert committed_stock(pid) == 5
 
 
+@pytest.mark.rolled_back
 def test_increment_and_decrement_write_movements(db):
     pid = make(db, stock=2)
     assert service.increment_stock(db, pid, 3, actor="a").stock == 5
@@ -117,6 +121,7 @@ def test_increment_and_decrement_write_movements(db):
     assert inventory.ledger_sum(db, pid) == 0
 
 
+@pytest.mark.rolled_back
 def test_increment_past_the_column_limit_is_invalid_input(db):
     pid = make(db, stock=repo.MAX_STOCK - 1)
     with pytest.raises(InvalidInput):
@@ -125,6 +130,7 @@ def test_increment_past_the_column_limit_is_invalid_input(db):
     assert service.get_product(db, pid).stock == repo.MAX_STOCK
 
 
+@pytest.mark.rolled_back
 def test_missing_and_deleted_products_raise_not_found(db):
     pid = make(db, stock=1)
     service.delete_product(db, pid)
@@ -147,6 +153,7 @@ def test_missing_and_deleted_products_raise_not_found(db):
     assert ledger(db, pid) == [(1, 1, "create", "tester")]
 
 
+@pytest.mark.rolled_back
 def test_list_products_filters_and_pages(db):
     a = make(db, name="Alpha 50%", stock=0, manager_id="m1")
     b = make(db, name="alphabet", stock=3, manager_id="m1")
