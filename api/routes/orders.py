@@ -141,7 +141,6 @@ async def create_order(
                 OrderRequest(
                     lines=body.merged_lines(),
                     actor=user.username,
-                    scope=f"user:{user.id}",
                     user_id=user.id,
                     idempotency_key=idempotency_key,
                 ),

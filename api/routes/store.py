@@ -307,7 +307,6 @@ async def process_order(
         OrderRequest(
             lines=lines,
             actor=actor_of(caller, body.manager_id),
-            scope=f"store:{body.manager_id}",
             manager_id=body.manager_id,
             customer=body.customer_record(),
             idempotency_key=idempotency_key,

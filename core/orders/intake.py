@@ -44,6 +44,7 @@ from core.db import on_postgresql, pg_array, utcnow
 from core.errors import IdempotencyKeyReused, InvalidInput
 from core.inventory import unorderable
 from core.orders import service
+from core.orders.models import idempotency_scope
 from core.orders.states import INITIAL_STATUS
 from core.types import MAX_ORDER_TOTAL
 from core.uow import Effects, effects_of
@@ -55,17 +56,21 @@ class OrderRequest:
 
     `lines`: (product_id, quantity) pairs, product ids unique (`merge_lines`). `user_id`: the core
     API's caller; `manager_id`/`customer`: a store order (only that manager's products can be
-    ordered). `idempotency_key`: the `Idempotency-Key` header, scoped by `scope` (`user:<id>` or
-    `store:<manager_id>`). `actor`: who the audit row names."""
+    ordered). `idempotency_key`: the `Idempotency-Key` header, told apart within `scope`. `actor`:
+    who the audit row names."""
 
     lines: list[tuple[int, int]]
     actor: str
-    scope: str
     user_id: int | None = None
     manager_id: str | None = None
     customer: dict[str, Any] | None = None
     idempotency_key: str | None = None
     audit_details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scope(self) -> str:
+        """The key space of `idempotency_key` (`core.orders.models.idempotency_scope`)."""
+        return idempotency_scope(self.user_id, self.manager_id)
 
 
 @dataclass(frozen=True)

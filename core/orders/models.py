@@ -78,9 +78,22 @@ class OrderLine(Base):
     order: Mapped[Order] = relationship(back_populates="lines", lazy="raise")
 
 
-#: Width of `idempotency_keys.scope`: it holds `user:<id>`, `anonymous` or `store:<manager_id>`,
-#: so the longest manager id the API accepts must fit after `store:`.
-IDEMPOTENCY_SCOPE_MAX_LENGTH = len("store:") + MANAGER_ID_MAX_LENGTH
+STORE_SCOPE_PREFIX = "store:"
+
+
+def idempotency_scope(user_id: int | None, manager_id: str | None) -> str:
+    """The key space an `Idempotency-Key` is unique in (a key is the client's: IETF
+    draft-ietf-httpapi-idempotency-key-header, section 2; CONTRACT.md, "Orders" and "Store API"):
+    `store:<manager_id>` for a store order (every caller acting for that manager shares one key
+    space), `user:<id>` for a core API order, `anonymous` otherwise."""
+    if manager_id is not None:
+        return f"{STORE_SCOPE_PREFIX}{manager_id}"
+    return "anonymous" if user_id is None else f"user:{user_id}"
+
+
+#: Width of `idempotency_keys.scope` (`idempotency_scope`): the longest manager id the API accepts
+#: must fit after `store:`.
+IDEMPOTENCY_SCOPE_MAX_LENGTH = len(STORE_SCOPE_PREFIX) + MANAGER_ID_MAX_LENGTH
 
 
 class IdempotencyKey(Base):

@@ -317,9 +317,7 @@ async def test_intake_through_an_orm_session_stores_once_per_idempotency_key(cli
     app.state.effects.dispatcher = OrderDispatcher(lambda ids: True, window=0.02, max_batch=100)
 
     def request(key: str) -> OrderRequest:
-        return OrderRequest(
-            lines=[(product["id"], 1)], actor="admin", scope="user:1", user_id=1, idempotency_key=key
-        )
+        return OrderRequest(lines=[(product["id"], 1)], actor="admin", user_id=1, idempotency_key=key)
 
     async def submit(key: str):
         async with app.state.read_sessionmaker() as session:  # autocommit, no statement pool bound

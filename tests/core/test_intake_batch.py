@@ -44,7 +44,7 @@ def batcher(app, max_batch: int = 64) -> CountingBatcher:
 
 
 def request(lines: list[tuple[int, int]], *, key: str | None = None, **extra: Any) -> OrderRequest:
-    return OrderRequest(lines=lines, actor="admin", scope="user:1", user_id=1, idempotency_key=key, **extra)
+    return OrderRequest(lines=lines, actor="admin", user_id=1, idempotency_key=key, **extra)
 
 
 async def submit_all(app, on: IntakeBatcher, requests: list[OrderRequest]) -> list[Any]:
