@@ -327,9 +327,28 @@ def db(request: pytest.FixtureRequest) -> Iterator[object]:
             outer.rollback()
 
 
+#: A product's fields where a test does not name them (`make_product`, `create_product`).
+PRODUCT_DEFAULTS: dict[str, object] = {"name": "Product A", "price": 15.99, "stock": 10}
+
+
+def make_product(**fields: object) -> dict:
+    """A product stored through the products service, as `POST /products` stores it (opening stock in
+    the ledger, the commit's effects run) but without a request (no audit row), returned as the API
+    renders it (`ProductRead`): the factory for tests whose subject is not product creation."""
+    from core.db import session_scope
+    from core.products import service
+    from core.products.schemas import ProductCreate, ProductRead
+
+    data = ProductCreate.model_validate({**PRODUCT_DEFAULTS, **fields})
+    with session_scope() as session:
+        product = service.create_product(session, data, actor=ADMIN_USERNAME)
+        return ProductRead.model_validate(product).model_dump(mode="json")
+
+
 async def create_product(client: httpx.AsyncClient, **fields: object) -> dict:
-    body = {"name": "Product A", "price": 15.99, "stock": 10, **fields}
-    response = await client.post("/products", json=body)
+    """A product created over HTTP by `client` (`POST /products`, 201), for tests of that route and
+    of what it records (the audit log)."""
+    response = await client.post("/products", json={**PRODUCT_DEFAULTS, **fields})
     assert response.status_code == 201, response.text
     return response.json()
 

@@ -29,7 +29,7 @@ from core.db import get_sync_engine
 from core.users.models import Role
 from core.users.security import Principal, hash_cost, issue_token
 from tests.apps import running_app as shared_running_app
-from tests.conftest import ADMIN, TestUser, basic_header, create_product, make_user
+from tests.conftest import ADMIN, TestUser, basic_header, make_product, make_user
 from workers.celery_app import ORDERS_QUEUE_KEY
 
 BASIC_CHALLENGE = 'Basic realm="orderflow"'
@@ -437,7 +437,7 @@ async def test_a_password_containing_colons_works(anon):
 
 
 async def test_basic_works_on_protected_routes(client, anon, quiet_queue):
-    product = await create_product(client, stock=5)
+    product = make_product(stock=5)
     user = make_user(Role.CUSTOMER)
     listed = await anon.get("/products", headers=user.basic)
     assert listed.status_code == 200

@@ -19,7 +19,7 @@ from sqlalchemy import text
 
 from core.config import Settings, settings
 from core.db import make_sync_engine
-from tests.conftest import ADMIN, create_product
+from tests.conftest import ADMIN, make_product
 
 SYNC_URL = settings.database_url.replace("+psycopg", "")
 
@@ -99,7 +99,7 @@ async def test_a_statement_waiting_on_a_lock_is_cancelled_with_a_clean_500(
     limited_app, request, method, path, body
 ):
     app, client = limited_app
-    product = await create_product(client)
+    product = make_product()
     path = path.format(id=product["id"])
     if body and body.get("product_id") == "{id}":
         body = {**body, "product_id": product["id"]}
@@ -123,7 +123,7 @@ async def test_a_statement_running_too_long_is_cancelled_with_a_clean_500():
         transport = httpx.ASGITransport(app=application)
         base = "http://orderflow.test"
         async with httpx.AsyncClient(transport=transport, base_url=base, headers=ADMIN.bearer) as client:
-            await create_product(client)
+            make_product()
             with psycopg.connect(SYNC_URL) as conn:
                 conn.execute("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
                 started = time.monotonic()

@@ -35,7 +35,7 @@ from core.config import settings
 from core.errors import DomainError, MalformedCredentials, MalformedToken, TokenExpired
 from core.users.models import Role
 from core.users.security import issue_token
-from tests.conftest import ADMIN, LOADED_REDIS_TIMEOUT_SECONDS, create_product, make_user
+from tests.conftest import ADMIN, LOADED_REDIS_TIMEOUT_SECONDS, make_product, make_user
 
 # --- the document against the classes -------------------------------------------------------------
 
@@ -221,7 +221,7 @@ async def test_missing_product_is_the_documented_404(client, openapi):
 
 
 async def test_insufficient_stock_is_the_documented_400(client, openapi):
-    product = await create_product(client, name="Product A", stock=5)
+    product = make_product(name="Product A", stock=5)
     response = await client.post("/orders", json={"product_id": product["id"], "quantity": 10})
     assert response.status_code == 400
     live = assert_as_documented(response, openapi, "/orders", "post", "insufficient_stock")
@@ -229,7 +229,7 @@ async def test_insufficient_stock_is_the_documented_400(client, openapi):
 
 
 async def test_reused_idempotency_key_is_the_documented_409(client, openapi):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     key = _doc(openapi, "/orders", "post", 409, "conflict")["details"]["idempotency_key"]
     headers = {"Idempotency-Key": key}
     first = await client.post("/orders", json={"product_id": product["id"], "quantity": 1}, headers=headers)

@@ -22,7 +22,7 @@ from core.errors import (
     ProductNotFound,
     StockLimitExceeded,
 )
-from tests.conftest import create_product
+from tests.conftest import make_product
 
 ENVELOPE_KEYS = {"error", "message", "code", "details", "request_id"}
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -61,7 +61,7 @@ async def test_body_that_is_not_an_object_is_invalid_input(client, payload):
 
 
 async def test_json_array_on_stock_change_and_orders(client):
-    product = await create_product(client)
+    product = make_product()
     for url, method in ((f"/products/increment/{product['id']}", "PATCH"), ("/orders", "POST")):
         response = await client.request(method, url, json=[{"quantity": 1}])
         assert_envelope(response, 400, "Invalid input", "INVALID_REQUEST")
@@ -77,7 +77,7 @@ async def test_missing_body_is_invalid_input(client):
 
 
 async def test_no_422_from_any_validation_failure(client):
-    product = await create_product(client)
+    product = make_product()
     pid = product["id"]
     requests = [
         ("POST", "/products", {"json": {}}),

@@ -24,7 +24,7 @@ from core.db import session_scope
 from core.orders.models import IdempotencyKey
 from core.types import MANAGER_ID_MAX_LENGTH
 from tests.api.test_orders import wait_for_idle_queue
-from tests.conftest import create_product
+from tests.conftest import make_product
 
 NUL = "\x00"
 MGR = "mgr_123"
@@ -82,7 +82,7 @@ async def test_nul_in_a_new_products_text_is_400_naming_it(client, field):
 @pytest.mark.parametrize("method", ["PUT", "PATCH"])
 @pytest.mark.parametrize("field", ["name", "description", "manager_id"])
 async def test_nul_in_a_product_update_is_400_naming_it(client, method, field):
-    product = await create_product(client)
+    product = make_product()
     response = await client.request(method, f"/products/{product['id']}", json={field: NUL})
     assert nul_field(response, "/products")["field"] == field
     assert (await client.get(f"/products/{product['id']}")).json() == product
@@ -131,7 +131,7 @@ async def test_nul_in_a_query_parameter_is_400_naming_it(client, path, param):
 
 
 async def test_nul_in_a_header_is_400_naming_it(client):
-    product = await create_product(client)
+    product = make_product()
     body = {"product_id": product["id"], "quantity": 1}
     response = await client.post("/orders", json=body, headers={"Idempotency-Key": f"k{NUL}"})
     entry = nul_field(response, "/orders")
@@ -156,7 +156,7 @@ async def test_nul_without_credentials_on_a_protected_route_is_401(anon):
 
 async def test_the_six_characters_backslash_u0000_are_ordinary_text(client):
     """Only the character U+0000 is refused, not text that spells its JSON escape."""
-    product = await create_product(client, name="A \\u0000 B", description="\\u0000")
+    product = make_product(name="A \\u0000 B", description="\\u0000")
     assert product["name"] == "A \\u0000 B"
     response = await client.get("/products", params={"q": "\\u0000"})
     assert [p["id"] for p in response.json()] == [product["id"]]
@@ -387,7 +387,7 @@ async def test_user_lengths(client):
 
 @pytest.mark.usefixtures("celery_worker")
 async def test_core_order_idempotency_key_lengths(client):
-    product = await create_product(client)
+    product = make_product()
     body = {"product_id": product["id"], "quantity": 1}
     ok = await client.post("/orders", json=body, headers={"Idempotency-Key": "k" * 255})
     assert ok.status_code in (201, 202), ok.text
@@ -399,7 +399,7 @@ async def test_core_order_idempotency_key_lengths(client):
 
 async def test_the_longest_request_id_is_stored_with_the_audit_row(client):
     request_id = "r" * 128
-    await create_product(client)
+    make_product()
     response = await client.post(
         "/products", json={"name": "B", "price": 1}, headers={"X-Request-ID": request_id}
     )
@@ -455,7 +455,7 @@ async def test_every_documented_path_answers_405_with_its_methods(client):
 
 @pytest.mark.parametrize("raw", ["1.0", "+1", "1_0", " 1", "1e0", "0x1"])
 async def test_a_path_id_is_written_in_digits(client, raw):
-    product = await create_product(client)
+    product = make_product()
     assert product["id"] == 1
     for url in (f"/products/{quote(raw)}", f"/products/{quote(raw)}/movements", f"/users/{quote(raw)}"):
         response = await client.get(url)

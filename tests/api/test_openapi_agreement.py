@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tests.conftest import create_product
+from tests.conftest import make_product
 
 MONEY = ["0", "0.5", "12.34", "9999999999.99", "", " 1", "+1", "1e2", "1.555", "NaN", "-1", "10000000000"]
 MONEY_NUMBERS = [0, 3, 2.25, 9999999999.99, 0.001, -1, 1e10]
@@ -79,7 +79,7 @@ STATUSES = ["Completed", "completed", " PENDING ", "Pending", "done", "", 0, Non
 async def test_an_order_status_update_is_refused_exactly_when_the_document_refuses_it(client, status):
     schema = body_property(await openapi(client), "OrderStatusUpdate", "status")
     allowed = isinstance(status, str) and re.search(schema["pattern"], status) is not None
-    product = await create_product(client, stock=5)
+    product = make_product(stock=5)
     order = (await client.post("/orders", json={"product_id": product["id"], "quantity": 1})).json()
     response = await client.put(f"/orders/{order['id']}/status", json={"status": status})
     # A pending order: `Pending` changes nothing (200), `Completed` is not a move from pending (409).

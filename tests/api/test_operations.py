@@ -14,7 +14,7 @@ from core.config import Settings, settings
 from core.db import session_scope
 from core.orders import service as orders
 from core.orders.models import OrderStatus
-from tests.conftest import ADMIN, create_product
+from tests.conftest import ADMIN, make_product
 
 UNREACHABLE_REDIS = "redis://127.0.0.1:6399/0"
 
@@ -64,7 +64,7 @@ async def test_readyz_is_503_when_redis_is_unreachable():
 
 
 async def test_metrics_is_prometheus_text(client):
-    product = await create_product(client)
+    product = make_product()
     url = f"/products/{product['id']}"
     key = (("method", "GET"), ("route", "/products/{product_id}"), ("status", "200"))
     before = samples((await client.get("/metrics")).text, "orderflow_http_requests_total").get(key, 0)
@@ -84,7 +84,7 @@ async def test_metrics_is_prometheus_text(client):
 
 
 async def test_metrics_counts_orders_by_status(client):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     with session_scope() as s:
         for _ in range(2):
             orders.place_order(s, [(product["id"], 1)])  # stored pending, not enqueued

@@ -22,7 +22,7 @@ from api.outcomes import preferred_wait
 from core.orders.service import place_order
 from core.uow import Effects
 from tests.api.test_orders import wait_for_idle_queue
-from tests.conftest import create_product
+from tests.conftest import make_product
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
 
@@ -76,7 +76,8 @@ def test_the_wait_preference_is_read_as_rfc_7240_says(header, expected):
 
 
 async def test_prefer_wait_answers_201_with_the_confirmed_order(client, app):
-    product = await create_product(client, stock=10, price=2.5)
+    product = make_product(stock=10, price=2.5)
+    await client.get(f"/products/{product['id']}")  # the app's connections and the caller's account warm
     with statements(app) as sent:
         response = await client.post(
             "/orders", json={"product_id": product["id"], "quantity": 2}, headers={"Prefer": "wait=10"}
@@ -97,7 +98,7 @@ async def test_prefer_wait_answers_201_with_the_confirmed_order(client, app):
 
 
 async def test_prefer_wait_answers_201_with_a_rejection_decided_by_the_worker(client, app, db):
-    product = await create_product(client, stock=3)
+    product = make_product(stock=3)
     # Stock is taken between intake and reservation: a pending order nobody sent takes it first.
     first = await client.post("/orders", json={"product_id": product["id"], "quantity": 3})
     assert first.status_code == 202
@@ -119,7 +120,7 @@ async def test_prefer_wait_answers_201_with_a_rejection_decided_by_the_worker(cl
 
 
 async def test_prefer_wait_on_an_order_that_stays_pending_is_the_usual_202(client, app):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     # stored, never sent
     app.state.effects.dispatcher = OrderDispatcher(lambda ids: True, window=0.02, max_batch=100)
     try:
@@ -138,7 +139,7 @@ async def test_prefer_wait_on_an_order_that_stays_pending_is_the_usual_202(clien
 
 
 async def test_without_prefer_the_answer_is_202_at_once(client):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     response = await client.post("/orders", json={"product_id": product["id"], "quantity": 1})
     assert response.status_code == 202
     assert response.json()["status"] == "pending"
@@ -146,7 +147,7 @@ async def test_without_prefer_the_answer_is_202_at_once(client):
 
 
 async def test_a_replay_with_prefer_wait_answers_the_settled_first_order(client):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     body = {"product_id": product["id"], "quantity": 1}
     first = await client.post("/orders", json=body, headers={"Idempotency-Key": "k1"})
     again = await client.post("/orders", json=body, headers={"Idempotency-Key": "k1", "Prefer": "wait=10"})
@@ -180,7 +181,7 @@ async def test_store_route_honours_prefer_wait(anon):
 
 
 async def test_concurrent_orders_on_one_product_with_prefer_wait_never_oversell(client):
-    product = await create_product(client, stock=5)
+    product = make_product(stock=5)
 
     async def one() -> tuple[int, str]:
         response = await client.post(
@@ -201,9 +202,10 @@ async def test_concurrent_orders_on_one_product_with_prefer_wait_never_oversell(
 
 
 async def test_a_long_poll_is_answered_from_the_event_without_reading_again(client, app, db):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = place_order(db, [(product["id"], 1)]).order.id
     db.commit()
+    await client.get(f"/products/{product['id']}")  # the app's connections and the caller's account warm
 
     async def send_later() -> None:
         await asyncio.sleep(0.3)
@@ -216,7 +218,7 @@ async def test_a_long_poll_is_answered_from_the_event_without_reading_again(clie
 
 
 async def test_a_cancellation_wakes_a_long_poll_with_the_new_status(client, db):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = place_order(db, [(product["id"], 1)]).order.id  # stored, never sent
     db.commit()
 
@@ -231,7 +233,7 @@ async def test_a_cancellation_wakes_a_long_poll_with_the_new_status(client, db):
 
 
 async def test_a_refused_write_announces_nothing(client, db, app):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = place_order(db, [(product["id"], 1)]).order.id
     db.commit()
     published: list[object] = []
@@ -312,7 +314,7 @@ async def test_effects_on_a_frozen_redis_cost_at_most_their_timeout():
 async def test_intake_through_an_orm_session_stores_once_per_idempotency_key(client, app):
     from core.orders.intake import OrderRequest, submit_order
 
-    product = await create_product(client, stock=50)
+    product = make_product(stock=50)
     # stored, never sent
     app.state.effects.dispatcher = OrderDispatcher(lambda ids: True, window=0.02, max_batch=100)
 

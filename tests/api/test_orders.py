@@ -18,7 +18,7 @@ import redis
 from core.config import settings
 from core.events import CHANNEL, decode
 from core.orders.service import place_order
-from tests.conftest import create_product
+from tests.conftest import make_product
 from workers.celery_app import ORDERS_QUEUE_KEY, enqueue_process_order
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
@@ -124,7 +124,7 @@ def assert_invalid_input(response) -> dict:
 
 
 async def test_one_line_order_is_accepted_pending_with_location_and_snapshot(client):
-    product = await create_product(client, name="Product A", price=15.99, stock=10)
+    product = make_product(name="Product A", price=15.99, stock=10)
 
     response = await client.post("/orders", json={"product_id": product["id"], "quantity": 2})
 
@@ -145,8 +145,8 @@ async def test_one_line_order_is_accepted_pending_with_location_and_snapshot(cli
 
 
 async def test_multi_line_order_totals_exactly_and_omits_one_line_fields(client):
-    a = await create_product(client, name="Product A", price=15.99, stock=10)
-    b = await create_product(client, name="Product B", price=12.99, stock=10)
+    a = make_product(name="Product A", price=15.99, stock=10)
+    b = make_product(name="Product B", price=12.99, stock=10)
 
     response = await client.post(
         "/orders",
@@ -172,7 +172,7 @@ async def test_multi_line_order_totals_exactly_and_omits_one_line_fields(client)
 
 
 async def test_list_form_with_a_single_line_carries_the_one_line_fields(client):
-    product = await create_product(client, price=2.5, stock=10)
+    product = make_product(price=2.5, stock=10)
 
     response = await client.post("/orders", json={"products": [{"product_id": product["id"], "quantity": 3}]})
 
@@ -184,7 +184,7 @@ async def test_list_form_with_a_single_line_carries_the_one_line_fields(client):
 
 
 async def test_duplicate_product_lines_are_merged(client):
-    product = await create_product(client, price=1.10, stock=10)
+    product = make_product(price=1.10, stock=10)
     pid = product["id"]
 
     response = await client.post(
@@ -200,7 +200,7 @@ async def test_duplicate_product_lines_are_merged(client):
 
 
 async def test_merged_lines_are_checked_against_stock_as_one(client):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     pid = product["id"]
 
     response = await client.post(
@@ -216,7 +216,7 @@ async def test_merged_lines_are_checked_against_stock_as_one(client):
 
 
 async def test_a_hundred_lines_are_accepted(client):
-    product = await create_product(client, price=1, stock=100)
+    product = make_product(price=1, stock=100)
 
     lines = [{"product_id": product["id"], "quantity": 1}] * 100
     response = await client.post("/orders", json={"products": lines})
@@ -226,7 +226,7 @@ async def test_a_hundred_lines_are_accepted(client):
 
 
 async def test_unit_price_and_name_are_snapshotted_at_intake(client, db):
-    product = await create_product(client, name="Product A", price=15.99, stock=10)
+    product = make_product(name="Product A", price=15.99, stock=10)
     order_id = insert_pending(db, [(product["id"], 1)])
 
     changed = await client.patch(f"/products/{product['id']}", json={"name": "Renamed", "price": 99})
@@ -274,7 +274,7 @@ async def test_unit_price_and_name_are_snapshotted_at_intake(client, db):
     ],
 )
 async def test_invalid_order_bodies_are_400_invalid_input(client, payload, field):
-    await create_product(client, stock=10)  # product 1 exists: only the body's shape is wrong
+    make_product(stock=10)  # product 1 exists: only the body's shape is wrong
 
     response = await client.post("/orders", json=payload)
 
@@ -284,7 +284,7 @@ async def test_invalid_order_bodies_are_400_invalid_input(client, payload, field
 
 
 async def test_missing_quantity_in_one_line_form_says_which_field(client):
-    product = await create_product(client)
+    product = make_product()
 
     response = await client.post("/orders", json={"product_id": product["id"]})
 
@@ -293,7 +293,7 @@ async def test_missing_quantity_in_one_line_form_says_which_field(client):
 
 
 async def test_both_forms_at_once_is_explained(client):
-    product = await create_product(client)
+    product = make_product()
     pid = product["id"]
 
     response = await client.post(
@@ -322,7 +322,7 @@ async def test_malformed_json_is_400(client):
     ],
 )
 async def test_booleans_are_not_taken_for_numbers(client, payload):
-    await create_product(client, stock=10)
+    make_product(stock=10)
 
     response = await client.post("/orders", json=payload)
 
@@ -331,7 +331,7 @@ async def test_booleans_are_not_taken_for_numbers(client, payload):
 
 
 async def test_numeric_strings_are_not_taken_for_numbers(client):
-    await create_product(client, stock=10)
+    make_product(stock=10)
 
     response = await client.post("/orders", json={"product_id": "1", "quantity": "2"})
 
@@ -343,7 +343,7 @@ async def test_numeric_strings_are_not_taken_for_numbers(client):
 
 
 async def test_unknown_product_is_404(client):
-    await create_product(client)
+    make_product()
 
     response = await client.post("/orders", json={"product_id": 999, "quantity": 1})
 
@@ -357,7 +357,7 @@ async def test_unknown_product_is_404(client):
 
 
 async def test_one_unknown_product_among_several_rejects_the_whole_order(client):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
 
     response = await client.post(
         "/orders",
@@ -371,7 +371,7 @@ async def test_one_unknown_product_among_several_rejects_the_whole_order(client)
 
 
 async def test_discontinued_product_is_400(client):
-    product = await create_product(client, discontinued=True)
+    product = make_product(discontinued=True)
 
     response = await client.post("/orders", json={"product_id": product["id"], "quantity": 1})
 
@@ -383,7 +383,7 @@ async def test_discontinued_product_is_400(client):
 
 
 async def test_not_enough_stock_is_400_insufficient_stock(client):
-    product = await create_product(client, name="Product A", stock=5)
+    product = make_product(name="Product A", stock=5)
 
     response = await client.post("/orders", json={"product_id": product["id"], "quantity": 10})
 
@@ -397,7 +397,7 @@ async def test_not_enough_stock_is_400_insufficient_stock(client):
 
 
 async def test_deleted_product_is_404(client):
-    product = await create_product(client)
+    product = make_product()
     assert (await client.delete(f"/products/{product['id']}")).status_code == 204
 
     response = await client.post("/orders", json={"product_id": product["id"], "quantity": 1})
@@ -408,7 +408,7 @@ async def test_deleted_product_is_404(client):
 
 
 async def test_a_total_too_large_to_store_is_refused_not_a_500(client):
-    product = await create_product(client, price=1_000_000, stock=1_000_000)
+    product = make_product(price=1_000_000, stock=1_000_000)
 
     response = await client.post("/orders", json={"product_id": product["id"], "quantity": 1_000_000})
 
@@ -420,7 +420,7 @@ async def test_a_total_too_large_to_store_is_refused_not_a_500(client):
 async def test_a_total_above_one_unit_prices_range_is_answered_not_a_500(client):
     """A total has two more whole digits than a unit price (NUMERIC(14, 2) against (12, 2)): an order
     of 200 units at 100,000,000.00 is stored and rendered, on intake and when read back."""
-    product = await create_product(client, price=100_000_000, stock=1_000)
+    product = make_product(price=100_000_000, stock=1_000)
 
     response = await client.post("/orders", json={"product_id": product["id"], "quantity": 200})
 
@@ -432,7 +432,7 @@ async def test_a_total_above_one_unit_prices_range_is_answered_not_a_500(client)
 
 
 async def test_merged_lines_over_the_quantity_cap_are_refused(client):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     line = {"product_id": product["id"], "quantity": 600_000}
 
     response = await client.post("/orders", json={"products": [line, line]})
@@ -445,7 +445,7 @@ async def test_merged_lines_over_the_quantity_cap_are_refused(client):
 
 
 async def test_same_key_and_body_returns_the_first_order(client):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     body = {"product_id": product["id"], "quantity": 2}
     headers = {"Idempotency-Key": "order-abc-1"}
 
@@ -465,8 +465,8 @@ async def test_same_key_and_body_returns_the_first_order(client):
 
 
 async def test_same_key_in_the_other_body_order_is_the_same_request(client):
-    a = await create_product(client, name="A", stock=10)
-    b = await create_product(client, name="B", stock=10)
+    a = make_product(name="A", stock=10)
+    b = make_product(name="B", stock=10)
     headers = {"Idempotency-Key": "reordered"}
     line_a = {"product_id": a["id"], "quantity": 1}
     line_b = {"product_id": b["id"], "quantity": 2}
@@ -480,7 +480,7 @@ async def test_same_key_in_the_other_body_order_is_the_same_request(client):
 
 
 async def test_same_key_with_another_body_is_409_conflict(client):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     headers = {"Idempotency-Key": "order-abc-2"}
 
     first = await client.post("/orders", json={"product_id": product["id"], "quantity": 1}, headers=headers)
@@ -496,7 +496,7 @@ async def test_same_key_with_another_body_is_409_conflict(client):
 
 
 async def test_different_keys_make_different_orders(client):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     body = {"product_id": product["id"], "quantity": 1}
 
     first = await client.post("/orders", json=body, headers={"Idempotency-Key": "k-1"})
@@ -514,7 +514,7 @@ async def test_a_key_that_failed_at_intake_can_be_used_again(client):
     refused = await client.post("/orders", json={"product_id": 1, "quantity": 1}, headers=headers)
     assert refused.status_code == 404
 
-    await create_product(client, stock=10)
+    make_product(stock=10)
     accepted = await client.post("/orders", json={"product_id": 1, "quantity": 1}, headers=headers)
 
     assert accepted.status_code == 202
@@ -523,7 +523,7 @@ async def test_a_key_that_failed_at_intake_can_be_used_again(client):
 
 
 async def test_key_of_255_characters_is_accepted_and_256_refused(client):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     body = {"product_id": product["id"], "quantity": 1}
 
     accepted = await client.post("/orders", json=body, headers={"Idempotency-Key": "k" * 255})
@@ -535,7 +535,7 @@ async def test_key_of_255_characters_is_accepted_and_256_refused(client):
 
 
 async def test_concurrent_requests_with_one_key_make_exactly_one_order(client):
-    product = await create_product(client, stock=100)
+    product = make_product(stock=100)
     body = {"product_id": product["id"], "quantity": 3}
     headers = {"Idempotency-Key": "burst"}
 
@@ -563,8 +563,8 @@ async def test_missing_order_is_404(client):
 
 
 async def test_wait_returns_the_confirmed_order_and_stock_is_reduced(client):
-    a = await create_product(client, name="A", price=15.99, stock=10)
-    b = await create_product(client, name="B", price=12.99, stock=4)
+    a = make_product(name="A", price=15.99, stock=10)
+    b = make_product(name="B", price=12.99, stock=4)
     created = await client.post(
         "/orders",
         json={"products": [{"product_id": a["id"], "quantity": 2}, {"product_id": b["id"], "quantity": 1}]},
@@ -590,7 +590,7 @@ async def test_wait_returns_the_confirmed_order_and_stock_is_reduced(client):
 
 async def test_wait_wakes_as_soon_as_the_worker_decides(client, db):
     """The long-poll is woken by the worker's notification, not only by its periodic re-read."""
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = insert_pending(db, [(product["id"], 2)])
 
     async def enqueue_later() -> None:
@@ -606,7 +606,7 @@ async def test_wait_wakes_as_soon_as_the_worker_decides(client, db):
 
 
 async def test_wait_on_an_order_that_stays_pending_returns_after_the_wait(client, db):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = insert_pending(db, [(product["id"], 1)])  # never enqueued
 
     started = time.monotonic()
@@ -620,7 +620,7 @@ async def test_wait_on_an_order_that_stays_pending_returns_after_the_wait(client
 
 
 async def test_get_without_wait_answers_a_pending_order_at_once(client, db):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = insert_pending(db, [(product["id"], 1)])
 
     started = time.monotonic()
@@ -632,7 +632,7 @@ async def test_get_without_wait_answers_a_pending_order_at_once(client, db):
 
 
 async def test_wait_out_of_range_is_400(client, db):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = insert_pending(db, [(product["id"], 1)])
 
     for wait in ["31", "-1", "soon"]:
@@ -646,7 +646,7 @@ async def test_wait_out_of_range_is_400(client, db):
 
 
 async def test_stock_gone_before_the_worker_runs_rejects_the_order(client, db):
-    product = await create_product(client, name="Product A", stock=10)
+    product = make_product(name="Product A", stock=10)
     pid = product["id"]
     order_id = insert_pending(db, [(pid, 8)])  # passed intake while 10 were on hand
     decremented = await client.patch(f"/products/decrement/{pid}", json={"quantity": 5})
@@ -667,8 +667,8 @@ async def test_stock_gone_before_the_worker_runs_rejects_the_order(client, db):
 
 
 async def test_multi_line_order_whose_second_line_fails_takes_no_stock(client, db):
-    a = await create_product(client, name="A", stock=10)
-    b = await create_product(client, name="B", stock=10)
+    a = make_product(name="A", stock=10)
+    b = make_product(name="B", stock=10)
     order_id = insert_pending(db, [(a["id"], 3), (b["id"], 6)])
     await client.patch(f"/products/decrement/{b['id']}", json={"quantity": 5})  # b: 5 < 6
 
@@ -685,7 +685,7 @@ async def test_multi_line_order_whose_second_line_fails_takes_no_stock(client, d
 
 
 async def test_product_discontinued_before_the_worker_runs_rejects_the_order(client, db):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = insert_pending(db, [(product["id"], 1)])
     await client.patch(f"/products/{product['id']}", json={"discontinued": True})
 
@@ -698,7 +698,7 @@ async def test_product_discontinued_before_the_worker_runs_rejects_the_order(cli
 
 
 async def test_product_deleted_before_the_worker_runs_rejects_the_order(client, db):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = insert_pending(db, [(product["id"], 1)])
     await client.delete(f"/products/{product['id']}")
 
@@ -711,7 +711,7 @@ async def test_product_deleted_before_the_worker_runs_rejects_the_order(client, 
 
 
 async def test_an_order_delivered_twice_is_reserved_once(client, db):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = insert_pending(db, [(product["id"], 4)])
 
     await asyncio.to_thread(enqueue_and_wait_processed, order_id)
@@ -727,7 +727,7 @@ async def test_an_order_delivered_twice_is_reserved_once(client, db):
 
 
 async def test_list_is_newest_first_with_status_filter_and_pagination(client, db):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     first = insert_pending(db, [(product["id"], 1)])
     second = insert_pending(db, [(product["id"], 2)])
     third = insert_pending(db, [(product["id"], 3)])
@@ -759,7 +759,7 @@ async def test_list_is_newest_first_with_status_filter_and_pagination(client, db
 
 
 async def test_list_item_has_the_order_body(client, db):
-    product = await create_product(client, price=3.33, stock=10)
+    product = make_product(price=3.33, stock=10)
     order_id = insert_pending(db, [(product["id"], 3)])
 
     [item] = (await client.get("/orders")).json()

@@ -16,7 +16,7 @@ from tests.api.test_orders import (
     wait_for_idle_queue,
     wait_outcome,
 )
-from tests.conftest import create_product
+from tests.conftest import make_product
 from workers.celery_app import enqueue_process_order
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
@@ -65,7 +65,7 @@ def assert_transition_refused(response, message: str) -> None:
 
 @pytest.mark.parametrize("value", ["Completed", "completed", "COMPLETED"])
 async def test_completed_moves_a_confirmed_order_to_completed(client, value):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = await confirmed_order(client, product["id"], 2)
 
     response = await put_status(client, order_id, value)
@@ -83,7 +83,7 @@ async def test_completed_moves_a_confirmed_order_to_completed(client, value):
     "value", ["Shipped", 5, None, "", "confirmed", "cancelled", ["Completed"], {"status": "Completed"}]
 )
 async def test_other_values_are_400_invalid_status(client, db, value):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = insert_pending(db, [(product["id"], 1)])
 
     response = await put_status(client, order_id, value)
@@ -97,7 +97,7 @@ async def test_other_values_are_400_invalid_status(client, db, value):
 
 
 async def test_missing_status_field_is_400_invalid_input(client, db):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = insert_pending(db, [(product["id"], 1)])
 
     response = await client.put(f"/orders/{order_id}/status", json={})
@@ -107,7 +107,7 @@ async def test_missing_status_field_is_400_invalid_input(client, db):
 
 
 async def test_pending_on_a_pending_order_changes_nothing(client, db):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = insert_pending(db, [(product["id"], 1)])
     before = (await client.get(f"/orders/{order_id}")).json()
 
@@ -119,7 +119,7 @@ async def test_pending_on_a_pending_order_changes_nothing(client, db):
 
 
 async def test_completed_on_a_pending_order_is_409(client, db):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = insert_pending(db, [(product["id"], 1)])
 
     response = await put_status(client, order_id, "Completed")
@@ -129,7 +129,7 @@ async def test_completed_on_a_pending_order_is_409(client, db):
 
 
 async def test_completed_on_a_rejected_order_is_409(client, db):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = await rejected_order(client, db, product["id"])
 
     response = await put_status(client, order_id, "Completed")
@@ -139,7 +139,7 @@ async def test_completed_on_a_rejected_order_is_409(client, db):
 
 
 async def test_pending_on_a_confirmed_order_is_409(client):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = await confirmed_order(client, product["id"], 1)
 
     response = await put_status(client, order_id, "pending")
@@ -149,7 +149,7 @@ async def test_pending_on_a_confirmed_order_is_409(client):
 
 
 async def test_completed_on_a_cancelled_order_is_409(client):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = await confirmed_order(client, product["id"], 1)
     assert (await client.post(f"/orders/{order_id}/cancel")).status_code == 200
 
@@ -171,7 +171,7 @@ async def test_status_of_a_missing_order_is_404(client):
 
 
 async def test_cancelled_pending_order_is_left_alone_by_the_worker(client, db):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = insert_pending(db, [(product["id"], 4)])
 
     response = await client.post(f"/orders/{order_id}/cancel")
@@ -186,7 +186,7 @@ async def test_cancelled_pending_order_is_left_alone_by_the_worker(client, db):
 
 
 async def test_cancelling_wakes_a_long_poll_on_the_order(client, db):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = insert_pending(db, [(product["id"], 1)])
 
     async def cancel_later():
@@ -203,8 +203,8 @@ async def test_cancelling_wakes_a_long_poll_on_the_order(client, db):
 
 
 async def test_cancelling_a_confirmed_order_puts_the_stock_back(client):
-    a = await create_product(client, name="A", stock=10)
-    b = await create_product(client, name="B", stock=5)
+    a = make_product(name="A", stock=10)
+    b = make_product(name="B", stock=5)
     created = await client.post(
         "/orders",
         json={"products": [{"product_id": b["id"], "quantity": 2}, {"product_id": a["id"], "quantity": 3}]},
@@ -226,7 +226,7 @@ async def test_cancelling_a_confirmed_order_puts_the_stock_back(client):
 
 
 async def test_cancelling_twice_releases_the_stock_once(client):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = await confirmed_order(client, product["id"], 3)
 
     first = await client.post(f"/orders/{order_id}/cancel")
@@ -241,7 +241,7 @@ async def test_cancelling_twice_releases_the_stock_once(client):
 
 
 async def test_concurrent_cancels_release_the_stock_once(client):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = await confirmed_order(client, product["id"], 3)
 
     responses = await asyncio.gather(*(client.post(f"/orders/{order_id}/cancel") for _ in range(5)))
@@ -253,7 +253,7 @@ async def test_concurrent_cancels_release_the_stock_once(client):
 
 
 async def test_cancelling_a_completed_order_is_409(client):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = await confirmed_order(client, product["id"], 2)
     assert (await put_status(client, order_id, "Completed")).status_code == 200
 
@@ -265,7 +265,7 @@ async def test_cancelling_a_completed_order_is_409(client):
 
 
 async def test_cancelling_a_rejected_order_is_409(client, db):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     order_id = await rejected_order(client, db, product["id"])
 
     response = await client.post(f"/orders/{order_id}/cancel")

@@ -18,7 +18,7 @@ from core.orders.service import place_order, reserve_order
 from core.products.models import StockMovement
 from core.users.models import Role
 from tests.api.test_auth import assert_401, settle_order_queue
-from tests.conftest import ADMIN, create_product, make_user
+from tests.conftest import ADMIN, make_product, make_user
 from tests.conftest import TestUser as Credentials
 
 ROLES = ["customer", "manager", "admin"]
@@ -93,7 +93,7 @@ def movements(product_id: int) -> list[tuple[int, str, int | None, str | None]]:
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("path", ["/products", "/products/{id}", "/products/below_requirement"])
 async def test_every_role_reads_products(anon, client, role, path):
-    product = await create_product(client, stock=3, low_stock_threshold=10)
+    product = make_product(stock=3, low_stock_threshold=10)
     user = actor(role)
     response = await anon.get(path.format(id=product["id"]), headers=user.bearer)
     assert response.status_code == 200, response.text
@@ -115,7 +115,7 @@ PRODUCT_WRITES = [
 @pytest.mark.parametrize(("method", "path", "body", "staff_status"), PRODUCT_WRITES)
 @pytest.mark.parametrize("auth", ["bearer", "basic"])
 async def test_a_customer_cannot_write_products(anon, client, method, path, body, staff_status, auth):
-    product = await create_product(client, stock=5)
+    product = make_product(stock=5)
     before = product_row(product["id"])
     customer = make_user(Role.CUSTOMER)
     headers = customer.bearer if auth == "bearer" else customer.basic
@@ -130,7 +130,7 @@ async def test_a_customer_cannot_write_products(anon, client, method, path, body
 @pytest.mark.parametrize(("method", "path", "body", "staff_status"), PRODUCT_WRITES)
 @pytest.mark.parametrize("role", STAFF)
 async def test_staff_write_products(anon, client, role, method, path, body, staff_status):
-    product = await create_product(client, stock=5)
+    product = make_product(stock=5)
     user = actor(role)
     response = await anon.request(method, path.format(id=product["id"]), json=body, headers=user.bearer)
     assert response.status_code == staff_status, response.text
@@ -138,7 +138,7 @@ async def test_staff_write_products(anon, client, role, method, path, body, staf
 
 @pytest.mark.parametrize("role", ROLES)
 async def test_movements_are_for_staff(anon, client, role):
-    product = await create_product(client, stock=5)
+    product = make_product(stock=5)
     user = actor(role)
     response = await anon.get(f"/products/{product['id']}/movements", headers=user.bearer)
     if role == "customer":
@@ -161,7 +161,7 @@ async def test_a_customer_is_403_even_for_a_missing_product(anon):
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("auth", ["bearer", "basic"])
 async def test_every_role_places_orders_in_their_own_name(anon, client, quiet_queue, role, auth):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     user = actor(role)
     headers = user.bearer if auth == "bearer" else user.basic
     response = await anon.post("/orders", json={"product_id": product["id"], "quantity": 2}, headers=headers)
@@ -177,7 +177,7 @@ async def test_every_role_places_orders_in_their_own_name(anon, client, quiet_qu
 
 
 async def test_a_user_id_in_the_body_does_not_choose_the_owner(anon, client):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     customer, victim = make_user(Role.CUSTOMER), make_user(Role.CUSTOMER)
     response = await anon.post(
         "/orders",
@@ -194,7 +194,7 @@ async def test_a_user_id_in_the_body_does_not_choose_the_owner(anon, client):
 @pytest.fixture
 async def orders_of_many(client):
     """Two customers, a manager and the admin, with orders: {name: (user, [order ids])}."""
-    product = await create_product(client, stock=100)
+    product = make_product(stock=100)
     people = {
         "alice": make_user(Role.CUSTOMER),
         "bob": make_user(Role.CUSTOMER),
@@ -357,7 +357,7 @@ async def test_metrics_with_manager_basic_credentials(anon):
 
 
 async def test_the_same_idempotency_key_from_two_users_makes_two_orders(anon, client, quiet_queue):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     body = {"product_id": product["id"], "quantity": 1}
     alice, bob = make_user(Role.CUSTOMER), make_user(Role.CUSTOMER)
     key = {"Idempotency-Key": "shared-key-1"}
@@ -375,7 +375,7 @@ async def test_the_same_idempotency_key_from_two_users_makes_two_orders(anon, cl
 
 
 async def test_the_same_user_replaying_a_key_gets_the_same_order(anon, client, quiet_queue):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     body = {"product_id": product["id"], "quantity": 1}
     alice = make_user(Role.CUSTOMER)
     key = {"Idempotency-Key": "replay-key-1"}
@@ -412,7 +412,7 @@ async def test_the_ledger_names_the_manager_who_created_and_changed_a_product(an
 
 
 async def test_the_ledger_names_the_customer_who_cancelled_a_confirmed_order(anon, client):
-    product = await create_product(client, stock=10)
+    product = make_product(stock=10)
     customer = make_user(Role.CUSTOMER)
     order_id = stored_order(customer.id, product["id"], quantity=3)
     with session_scope() as s:

@@ -21,7 +21,7 @@ from core.config import settings
 from core.db import session_scope
 from tests.api.test_orders import wait_for_idle_queue
 from tests.apps import running_app
-from tests.conftest import LOADED_REDIS_TIMEOUT_SECONDS, create_product
+from tests.conftest import LOADED_REDIS_TIMEOUT_SECONDS, make_product
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
 
@@ -277,7 +277,7 @@ async def test_listing_of_a_manager_with_no_products_is_empty(anon):
 
 
 async def test_products_made_in_the_core_api_appear_in_the_store_listing(client, anon):
-    product = await create_product(client, name="Core made", price=3.5, stock=2, manager_id=MGR)
+    product = make_product(name="Core made", price=3.5, stock=2, manager_id=MGR)
     assert (await quantities(anon)) == {f"prod_{product['id']:03d}": 2}
 
 

@@ -16,7 +16,7 @@ from core.config import settings
 from core.products import cache
 from tests.api.test_orders import wait_for_idle_queue
 from tests.api.test_store import MGR, order_body, seed, store_app
-from tests.conftest import create_product
+from tests.conftest import make_product
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
 
@@ -162,7 +162,7 @@ async def test_moving_a_product_to_another_manager_invalidates_both(anon, client
 async def test_core_api_product_created_for_a_manager_invalidates(anon, client):
     await seed(anon)
     await warm(anon)
-    await create_product(client, name="Core made", price=2, stock=1, manager_id=MGR)
+    make_product(name="Core made", price=2, stock=1, manager_id=MGR)
     state, products = await read(anon)
     assert (state, sorted(products)) == ("MISS", ["prod_001", "prod_002", "prod_003"])
 

@@ -31,7 +31,7 @@ from core.users.security import Principal, issue_token
 from tests.api.test_orders import wait_for_idle_queue
 from tests.api.test_store import CONTRACT_BATCH, assert_store_error
 from tests.apps import running_app
-from tests.conftest import ADMIN, basic_header, create_product, make_user
+from tests.conftest import ADMIN, basic_header, make_product, make_user
 from tests.workers.helpers import lock_waiters
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
@@ -144,7 +144,7 @@ async def test_a_demoted_managers_old_token_loses_manager_rights_within_the_boun
 
         # A fresh token after the change works at once, as a customer.
         fresh = await login(c, manager.username, manager.password)
-        product = await create_product(client)
+        product = make_product()
         order = await c.post("/orders", json={"product_id": product["id"], "quantity": 1}, headers=fresh)
         assert order.status_code == 202, order.text
         assert order.json()["user_id"] == manager.id
@@ -208,7 +208,7 @@ async def test_a_password_change_ends_older_tokens_within_the_bound(client):
         assert took <= TTL + SLACK
         body = assert_401(await c.get("/products", headers=old))
         assert "password was changed" in body["message"]
-        product = await create_product(client)
+        product = make_product()
         line = {"product_id": product["id"], "quantity": 1}
         assert_401(await c.post("/orders", json=line, headers=old))
 
@@ -291,7 +291,7 @@ async def test_a_token_of_a_deleted_user_does_not_pass_for_a_new_user_with_the_s
 
 
 async def test_a_validly_signed_token_of_an_unknown_user_is_401_everywhere(anon, client):
-    product = await create_product(client)
+    product = make_product()
     ghost = bearer(issue_token(Principal(999_999, "ghost", Role.ADMIN), SECRET, 600))
     for response in (
         await anon.post("/orders", json={"product_id": product["id"], "quantity": 1}, headers=ghost),
@@ -333,7 +333,7 @@ async def test_a_validly_signed_token_of_an_unknown_user_is_401_on_the_store_api
     ],
 )
 async def test_a_sub_that_is_not_a_positive_int64_is_401_not_500(anon, client, sub):
-    product = await create_product(client)
+    product = make_product()
     headers = forged(sub)
     assert_401(await anon.post("/products", json=PRODUCT, headers=headers))
     assert_401(await anon.post("/orders", json={"product_id": product["id"], "quantity": 1}, headers=headers))
@@ -354,7 +354,7 @@ async def test_bearer_reads_a_users_row_at_most_once_per_bound(client, count_use
     """`POST /orders` with one token: 40 requests (20 at a time, so that they miss the cache
     together) cost one read of the user's row; after the bound, the next request one more."""
     customer = make_user(Role.CUSTOMER)
-    product = await create_product(client, stock=1000)
+    product = make_product(stock=1000)
     line = {"product_id": product["id"], "quantity": 1}
     async with second_app(auth_user_cache_seconds=2) as (_, c):
         token = await login(c, customer.username, customer.password)

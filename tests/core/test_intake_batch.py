@@ -23,7 +23,7 @@ from core.errors import IdempotencyKeyReused, InsufficientStock, ProductDisconti
 from core.orders import intake
 from core.orders.intake import Intake, IntakeBatcher, OrderRequest, StatementUnit, submit_order
 from core.orders.models import IdempotencyKey, Order, OrderLine
-from tests.conftest import create_product
+from tests.conftest import make_product
 from tests.workers.helpers import lock_waiters
 
 
@@ -59,7 +59,7 @@ def count(db, model) -> int:
 
 
 async def test_queued_orders_are_stored_by_one_statement_each_whole(client, app, db):
-    products = [await create_product(client, name=f"P{i}", price=f"{i}.25", stock=100) for i in range(1, 4)]
+    products = [make_product(name=f"P{i}", price=f"{i}.25", stock=100) for i in range(1, 4)]
     ids = [p["id"] for p in products]
     shapes = [[(ids[i % 3], 1 + i % 4)] + ([(ids[(i + 1) % 3], 2)] if i % 2 else []) for i in range(30)]
     on = batcher(app)
@@ -97,9 +97,9 @@ async def test_queued_orders_are_stored_by_one_statement_each_whole(client, app,
 
 
 async def test_a_refused_order_fails_alone_in_its_batch(client, app, db):
-    good = await create_product(client, name="Good", stock=100)
-    scarce = await create_product(client, name="Scarce", stock=2)
-    gone = await create_product(client, name="Discontinued", discontinued=True)
+    good = make_product(name="Good", stock=100)
+    scarce = make_product(name="Scarce", stock=2)
+    gone = make_product(name="Discontinued", discontinued=True)
     requests = [
         request([(good["id"], 1)]),
         request([(good["id"], 1)]),
@@ -134,7 +134,7 @@ async def test_a_refused_order_fails_alone_in_its_batch(client, app, db):
 
 
 async def test_one_key_twice_in_a_batch_stores_one_order(client, app, db):
-    product = await create_product(client, stock=100)
+    product = make_product(stock=100)
     on = batcher(app)
     unit = StatementUnit(on, app.state.read_sessionmaker)
     first = await submit_order(unit, request([(product["id"], 1)], key="k0"))
@@ -167,7 +167,7 @@ async def test_one_key_twice_in_a_batch_stores_one_order(client, app, db):
 
 
 async def test_a_replay_in_a_batch_needs_no_fallback(client, app):
-    product = await create_product(client, stock=100)
+    product = make_product(stock=100)
     on = batcher(app)
     unit = StatementUnit(on, app.state.read_sessionmaker)
     first = await submit_order(unit, request([(product["id"], 1)], key="again"))
@@ -210,7 +210,7 @@ class RacedBatcher(IntakeBatcher):
 
 @pytest.mark.parametrize("rival_body", [False, True], ids=["same body", "another body"])
 async def test_a_key_taken_by_a_concurrent_transaction_is_a_replay_or_a_conflict(client, app, db, rival_body):
-    product = await create_product(client, stock=100)
+    product = make_product(stock=100)
     on = RacedBatcher(app.state.statement_pool, rival_body=rival_body)
     unit = StatementUnit(on, app.state.read_sessionmaker)
 
@@ -230,7 +230,7 @@ async def test_a_key_taken_by_a_concurrent_transaction_is_a_replay_or_a_conflict
 
 
 async def test_batches_hold_at_most_max_batch_orders(client, app, db):
-    product = await create_product(client, stock=100)
+    product = make_product(stock=100)
     on = batcher(app, max_batch=3)
 
     results = await submit_all(app, on, [request([(product["id"], 1)]) for _ in range(11)])
@@ -243,7 +243,7 @@ async def test_batches_hold_at_most_max_batch_orders(client, app, db):
 
 
 async def test_a_cancelled_intake_is_left_out_of_its_batch(client, app, db):
-    product = await create_product(client, stock=100)
+    product = make_product(stock=100)
     on = batcher(app)
     unit = StatementUnit(on, app.state.read_sessionmaker)
     tasks = [asyncio.create_task(submit_order(unit, request([(product["id"], 1)]))) for _ in range(5)]
@@ -272,7 +272,7 @@ class HeldBatcher(CountingBatcher):
 
 
 async def test_a_database_failure_is_every_queued_orders_error(client, app):
-    product = await create_product(client, stock=100)
+    product = make_product(stock=100)
     pool = make_statement_pool(settings)
     assert pool is not None
     await pool.open()
@@ -304,7 +304,7 @@ class SlowBatcher(CountingBatcher):
 async def test_an_order_taken_into_a_statement_is_not_refused_by_the_queue_timeout(client, app, db):
     """The queue's bound (the pool's `timeout`) refuses only orders still queued, never sent: one
     already taken into a statement waits for that statement's outcome, however long it takes."""
-    product = await create_product(client, stock=100)
+    product = make_product(stock=100)
     pool = make_statement_pool(settings.model_copy(update={"db_pool_timeout_seconds": 0.3}))
     assert pool is not None
     await pool.open()

@@ -12,13 +12,12 @@ from core.db import get_sync_engine, session_scope
 from core.orders import service as orders
 from core.orders.models import Order, OrderLine, OrderStatus
 from core.products.models import Product, StockMovement
-from core.products.schemas import ProductCreate
-from core.products.service import create_product
+from tests import conftest
 
 
 def make_product(stock: int, name: str = "Product A", price: str = "15.99") -> int:
-    with session_scope() as session:
-        return create_product(session, ProductCreate(name=name, price=price, stock=stock)).id
+    """The id of a product made by the suite's factory (`tests.conftest.make_product`)."""
+    return int(conftest.make_product(name=name, price=price, stock=stock)["id"])
 
 
 def place(lines: list[tuple[int, int]]) -> int:

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from api.broker import AsyncTaskPublisher
 from api.dispatch import OrderDispatcher
 from core.db import get_sync_engine
-from tests.conftest import create_product, start_worker_process, stop_worker_process
+from tests.conftest import start_worker_process, stop_worker_process
 from tests.workers.helpers import (
     ledger_sum,
     make_product,
@@ -35,8 +35,7 @@ from workers.celery_app import app as celery_app
 
 
 async def test_200_concurrent_orders_for_50_units_confirm_exactly_50(client, celery_worker):
-    product = await create_product(client, stock=50)
-    pid = product["id"]
+    pid = make_product(stock=50)
 
     async def submit():
         return await client.post("/orders", json={"product_id": pid, "quantity": 1})
@@ -197,14 +196,14 @@ async def broker_unreachable(app):
 async def test_broker_down_at_submission_then_the_sweep_sends_the_order(client, celery_worker):
     """The order is committed and answered 202 even though the broker is unreachable; the outbox
     sweep re-sends it once the broker is back."""
-    product = await create_product(client, stock=5)
+    product_id = make_product(stock=5)
     async with broker_unreachable(client._transport.app) as dispatcher:
-        response = await client.post("/orders", json={"product_id": product["id"], "quantity": 2})
+        response = await client.post("/orders", json={"product_id": product_id, "quantity": 2})
         assert response.status_code == 202, response.text
         await dispatcher.drain()
         assert dispatcher.is_open  # the failed publish opened the breaker
         # While the dispatcher is open, further orders are only stored, without waiting on the broker.
-        second = await client.post("/orders", json={"product_id": product["id"], "quantity": 1})
+        second = await client.post("/orders", json={"product_id": product_id, "quantity": 1})
         await dispatcher.drain()
     assert second.status_code == 202
     assert response.status_code == 202
@@ -220,7 +219,7 @@ async def test_broker_down_at_submission_then_the_sweep_sends_the_order(client, 
     assert polled.json()["status"] == "confirmed"
     polled = await client.get(f"/orders/{second.json()['id']}", params={"wait": 10})
     assert polled.json()["status"] == "confirmed"
-    assert stock_of(product["id"]) == 2
+    assert stock_of(product_id) == 2
 
 
 def test_sweep_leaves_recent_and_processed_orders_alone(celery_worker):
