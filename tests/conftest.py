@@ -439,7 +439,7 @@ SLOW_FIRST = (
     "tests/test_readme.py",
     "tests/core/test_reservation_properties.py",
     "tests/workers/",
-    "tests/test_embedded.py",
+    "tests/orderflow/test_embedded.py",
     "tests/test_docs_browser.py",
 )
 

@@ -1,6 +1,7 @@
 """The demo catalogue behind `orderflow demo` (core/demo.py): 300 products in well under 3 s on PostgreSQL
 (one transaction, batched through `core.products.service.create_products`), each opening stock in the
-ledger; a failed batch loads nothing. The command's printed hints are tested in tests/test_cli.py."""
+ledger; a failed batch loads nothing. The command's printed hints are tested in
+tests/orderflow/test_cli.py."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from core.config import Settings
 from orderflow.cli import app
 from tests.live_server import embedded_env, live_server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 COMMANDS = ("serve", "worker", "beat", "migrate", "create-user", "demo", "bench")
 
