@@ -8,11 +8,14 @@ import asyncio
 import threading
 from dataclasses import dataclass, replace
 
+import pytest
 from starlette.responses import Response
 
 from api.outcomes import SettlingResponse
 from core.db import utcnow
 from core.events import OrderOutcome, hub
+
+pytestmark = pytest.mark.pure
 
 
 def _outcome(order_id: int, status: str = "confirmed") -> OrderOutcome:

@@ -26,6 +26,8 @@ from bench.client import (
 )
 from tests.bench.stub_server import serving
 
+pytestmark = pytest.mark.pure
+
 
 @dataclass
 class Stub:

@@ -47,6 +47,8 @@ from bench.store import (
     summarize_ms,
 )
 
+pytestmark = pytest.mark.pure
+
 
 def reply(status: int, payload: Any = None, headers: dict[str, str] | None = None) -> Reply:
     body = b"" if payload is None else json.dumps(payload).encode()
