@@ -55,6 +55,7 @@ import psycopg  # noqa: E402
 import pytest  # noqa: E402
 import redis  # noqa: E402
 from psycopg import sql as pgsql  # noqa: E402
+from sqlalchemy import event  # noqa: E402
 
 from core import redisconn  # noqa: E402
 from core.config import settings  # noqa: E402
@@ -206,7 +207,22 @@ def clean_state(request: pytest.FixtureRequest) -> Iterator[None]:
     _tables_clean = rolled_back
     _clear_redis()
     redisconn.reset_availability()
-    yield
+    if not rolled_back:
+        yield
+        return
+    # A commit of this process's engine (a `session_scope()` beside the `db` session) is real: the
+    # next test empties the tables after all. (The `db` session's own commits release savepoints.)
+    engine = get_sync_engine()
+    event.listen(engine, "commit", _committed)
+    try:
+        yield
+    finally:
+        event.remove(engine, "commit", _committed)
+
+
+def _committed(_connection: object) -> None:
+    global _tables_clean
+    _tables_clean = False
 
 
 @cache
