@@ -85,10 +85,13 @@ def idempotency_scope(user_id: int | None, manager_id: str | None) -> str:
     """The key space an `Idempotency-Key` is unique in (a key is the client's: IETF
     draft-ietf-httpapi-idempotency-key-header, section 2; CONTRACT.md, "Orders" and "Store API"):
     `store:<manager_id>` for a store order (every caller acting for that manager shares one key
-    space), `user:<id>` for a core API order, `anonymous` otherwise."""
+    space), `user:<id>` for a core API order (every order has a caller). ValueError for an order
+    with neither."""
     if manager_id is not None:
         return f"{STORE_SCOPE_PREFIX}{manager_id}"
-    return "anonymous" if user_id is None else f"user:{user_id}"
+    if user_id is None:
+        raise ValueError("an order has a manager (store API) or a user (core API)")
+    return f"user:{user_id}"
 
 
 #: Width of `idempotency_keys.scope` (`idempotency_scope`): the longest manager id the API accepts
@@ -99,9 +102,9 @@ IDEMPOTENCY_SCOPE_MAX_LENGTH = len(STORE_SCOPE_PREFIX) + MANAGER_ID_MAX_LENGTH
 class IdempotencyKey(Base):
     """An `Idempotency-Key` seen from one client scope, bound to the order it created.
 
-    `scope` is `user:<id>` for an authenticated user, `store:<manager_id>` for the store API and
-    `anonymous` otherwise; `request_hash` is the SHA-256 of the canonical request body, so a reuse
-    with another body is told apart (409).
+    `scope` is `idempotency_scope`'s: `user:<id>` for the core API's caller, `store:<manager_id>`
+    for the store API; `request_hash` is the SHA-256 of the canonical request body, so a reuse with
+    another body is told apart (409).
     """
 
     __tablename__ = "idempotency_keys"

@@ -58,7 +58,7 @@ from core.uow import effects_of
 
 @dataclass(frozen=True)
 class IdempotencyRequest:
-    """An `Idempotency-Key` header value within a client scope (`user:<id>` or `anonymous`)."""
+    """An `Idempotency-Key` header value within a client scope (`core.orders.models.idempotency_scope`)."""
 
     scope: str
     key: str

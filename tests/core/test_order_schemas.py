@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from core.orders.models import IDEMPOTENCY_SCOPE_MAX_LENGTH, idempotency_scope
 from core.orders.schemas import OrderCreate, merge_lines, over_quantity_limit
 from core.store.schemas import ProcessOrderRequest
-from core.types import MAX_QUANTITY
+from core.types import MANAGER_ID_MAX_LENGTH, MAX_QUANTITY
 
 pytestmark = pytest.mark.pure
 
@@ -46,3 +47,12 @@ def test_the_store_api_words_the_limit_with_the_public_id():
         f"at most {MAX_QUANTITY} units of one product can be ordered at once (product prod_007 has "
         f"{2 * HALF} in all)"
     ) in str(caught.value)
+
+
+def test_an_idempotency_key_is_scoped_by_the_stores_manager_else_by_the_caller():
+    assert idempotency_scope(7, None) == "user:7"
+    assert idempotency_scope(7, "mgr_1") == "store:mgr_1"  # a store order: the manager's key space
+    assert idempotency_scope(None, "mgr_1") == "store:mgr_1"
+    assert len(idempotency_scope(None, "m" * MANAGER_ID_MAX_LENGTH)) == IDEMPOTENCY_SCOPE_MAX_LENGTH
+    with pytest.raises(ValueError, match=r"a manager .* or a user"):
+        idempotency_scope(None, None)
